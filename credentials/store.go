@@ -1,0 +1,35 @@
+package credentials
+
+import (
+	"context"
+)
+
+// Store persists credentials. Implementations are safe for concurrent use, and designed for
+// many processes sharing one store: every record carries a Version, and Update is a
+// compare-and-swap on it, so two writers can never both believe they replaced a refresh token.
+type Store interface {
+	// Get returns the company's credential, or ErrNotFound.
+	Get(ctx context.Context, companyID string) (Credential, error)
+	// GetByTenant returns the credential whose TenantID is tenantID, or ErrNotFound.
+	GetByTenant(ctx context.Context, tenantID string) (Credential, error)
+	// List returns every credential, ordered by company id.
+	List(ctx context.Context) ([]Credential, error)
+	// PutAll validates every credential, then writes them all or none: new companies are
+	// added, stored ones replaced whatever their version; with replaceAll, companies not in
+	// creds are removed.
+	PutAll(ctx context.Context, creds []Credential, replaceAll bool) error
+	// Update replaces the stored credential if its version still equals c.Version, and returns
+	// it with its new version; otherwise it returns ErrConflict (or ErrNotFound). A nil error
+	// means the write is durable.
+	Update(ctx context.Context, c Credential) (Credential, error)
+	// Delete removes the company's credential, or returns ErrNotFound.
+	Delete(ctx context.Context, companyID string) error
+	// Ping reports whether the store can be read.
+	Ping(ctx context.Context) error
+	// Subscribe calls fn with a company id whenever that company's credential may have changed
+	// (in this process or another), and with "" when everything may have changed. fn must not
+	// block. The returned function unsubscribes.
+	Subscribe(fn func(companyID string)) (unsubscribe func())
+	// Close releases the store's resources.
+	Close() error
+}
