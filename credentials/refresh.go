@@ -1,0 +1,297 @@
+package credentials
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"time"
+
+	"golang.org/x/oauth2"
+
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/metrics"
+)
+
+// refresh runs at most one refresh per company at a time. The refresh itself is detached
+// from the caller's cancellation and bounded by TokenTimeout; a caller that gives up stops
+// waiting, the others keep theirs.
+func (b *Broker) refresh(ctx context.Context, companyID, trigger string, stale Grant) (*entry, error) {
+	queued := b.now()
+	ch := b.flights.DoChan(companyID, func() (any, error) {
+		b.metrics.RefreshLockWait(b.now().Sub(queued))
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.tokenTimeout)
+		defer cancel()
+		return b.refreshLocked(rctx, companyID, trigger, stale)
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*entry), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// current reads the authoritative credential for a refresh decision: a pending pair first,
+// then the store (not the cache, which may lag behind another process). stored is the refresh
+// token the store holds, which a commit compares against.
+func (b *Broker) current(ctx context.Context, companyID string) (cur Credential, stored Secret, pending bool, err error) {
+	b.mu.Lock()
+	p, ok := b.pending[companyID]
+	b.mu.Unlock()
+	if ok {
+		return p.next, p.stored, true, nil
+	}
+	c, err := b.store.Get(ctx, companyID)
+	if err != nil {
+		return Credential{}, "", false, storeErr(err)
+	}
+	return c, c.RefreshToken, false, nil
+}
+
+// refreshLocked runs inside the company's single flight.
+func (b *Broker) refreshLocked(ctx context.Context, companyID, trigger string, stale Grant) (*entry, error) {
+	gen := b.gen.Load()
+	cur, stored, pending, err := b.current(ctx, companyID)
+	if err != nil {
+		return nil, err
+	}
+	e := b.newEntry(cur)
+	if cur.Type != OAuth2 {
+		return b.remember(cur, gen), nil
+	}
+	if cur.State == StateReauthorizationRequired {
+		b.remember(cur, gen)
+		return nil, fmt.Errorf("%w: company %s", ErrReauthorizationRequired, companyID)
+	}
+	now := b.now()
+	if !cur.AccessToken.IsZero() && !e.grant.Same(stale) && now.Before(e.refreshAt) {
+		// Another flight, process or replica already refreshed: adopt its token.
+		b.log.DebugContext(ctx, "refresh skipped: a newer token is stored", "company_id", companyID, "trigger", trigger)
+		if pending {
+			return e, nil
+		}
+		return b.remember(cur, gen), nil
+	}
+	b.mu.Lock()
+	rejected, wasRejected := b.rejected[companyID]
+	bo := b.backoff[companyID]
+	b.mu.Unlock()
+	if wasRejected && rejected == tokenHash(cur.RefreshToken) {
+		return nil, fmt.Errorf("%w: company %s", ErrReauthorizationRequired, companyID)
+	}
+	if now.Before(bo.until) {
+		return nil, fmt.Errorf("%w: backing off until %s after %d failures", ErrTokenEndpoint, bo.until.Format(time.RFC3339), bo.failures)
+	}
+	if b.oauth == nil {
+		return nil, fmt.Errorf("%w: no OAuth client configured (PLEO_PROXY_OAUTH_CLIENT_ID)", ErrTokenEndpoint)
+	}
+
+	b.log.DebugContext(ctx, "refreshing token", "company_id", companyID, "trigger", trigger,
+		"expires_at", cur.ExpiresAt, "rejected_by_upstream", trigger == TriggerUnauthorized)
+	start := b.now()
+	tok, err := b.oauth.TokenSource(context.WithValue(ctx, oauth2.HTTPClient, b.httpClient),
+		&oauth2.Token{RefreshToken: cur.RefreshToken.Reveal()}).Token()
+	received := b.now()
+	took := received.Sub(start)
+	if err != nil {
+		return nil, b.refreshFailed(ctx, cur, trigger, err, gen, took)
+	}
+
+	next := cur
+	next.AccessToken = Secret(tok.AccessToken)
+	next.RefreshToken = Secret(tok.RefreshToken) // x/oauth2 keeps the current one when none came back
+	next.ExpiresAt = tok.Expiry
+	if next.ExpiresAt.IsZero() {
+		next.ExpiresAt = received.Add(defaultAccessTTL)
+	}
+	next.LastRefreshedAt = received
+	next.LastError = ""
+	next.State = StateActive
+	if !cur.LastRefreshedAt.IsZero() {
+		b.metrics.TokenAgeAtRefresh(received.Sub(cur.LastRefreshedAt))
+	}
+	saved, err := b.persist(ctx, stored, cur.RefreshToken, next)
+	b.metrics.TokenRefresh(trigger, metrics.RefreshSuccess, took)
+	b.mu.Lock()
+	delete(b.backoff, companyID)
+	b.mu.Unlock()
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			b.log.WarnContext(ctx, "credential deleted during its refresh; dropping the new tokens", "company_id", companyID)
+			return nil, err
+		}
+		b.keepPending(next, stored, err)
+		return b.newEntry(next), nil
+	}
+	b.log.DebugContext(ctx, "token refreshed", "company_id", companyID, "trigger", trigger,
+		"expires_at", saved.ExpiresAt, "commit_seconds", b.now().Sub(received).Seconds())
+	return b.remember(saved, gen), nil
+}
+
+// refreshFailed classifies a token endpoint failure. A 4xx other than 408 and 429 is
+// terminal: the credential is marked reauthorization_required and the endpoint is not asked
+// again until the credential changes. Anything else backs off.
+func (b *Broker) refreshFailed(ctx context.Context, cur Credential, trigger string, err error, gen uint64, took time.Duration) error {
+	var re *oauth2.RetrieveError
+	terminal := errors.As(err, &re) && re.Response != nil &&
+		re.Response.StatusCode >= 400 && re.Response.StatusCode < 500 &&
+		re.Response.StatusCode != http.StatusRequestTimeout && re.Response.StatusCode != http.StatusTooManyRequests
+	if terminal {
+		code := re.ErrorCode
+		if code == "" {
+			code = fmt.Sprintf("HTTP %d", re.Response.StatusCode)
+		}
+		b.metrics.TokenRefresh(trigger, metrics.RefreshInvalidGrant, took)
+		b.log.WarnContext(ctx, "refresh token rejected: the company must reconnect", "company_id", cur.CompanyID, "error_code", code)
+		b.mu.Lock()
+		b.rejected[cur.CompanyID] = tokenHash(cur.RefreshToken)
+		b.mu.Unlock()
+		marked := cur
+		marked.State = StateReauthorizationRequired
+		marked.LastError = "token endpoint rejected the refresh token: " + code
+		if saved, werr := b.store.Update(ctx, marked); werr == nil {
+			b.remember(saved, gen)
+		} else {
+			b.log.WarnContext(ctx, "could not record reauthorization_required", "company_id", cur.CompanyID, "error", werr)
+			b.cache.Add(cur.CompanyID, b.newEntry(marked))
+		}
+		return fmt.Errorf("%w: company %s: %s", ErrReauthorizationRequired, cur.CompanyID, code)
+	}
+	b.metrics.TokenRefresh(trigger, metrics.RefreshError, took)
+	b.mu.Lock()
+	bo := b.backoff[cur.CompanyID]
+	bo.failures++
+	wait := time.Second << min(bo.failures-1, 20)
+	wait = min(wait, b.maxBackoff)
+	wait = wait/2 + rand.N(wait/2+1) // jitter: half to full
+	bo.until = b.now().Add(wait)
+	b.backoff[cur.CompanyID] = bo
+	b.mu.Unlock()
+	msg := err.Error()
+	if re != nil && re.Response != nil {
+		msg = fmt.Sprintf("token endpoint answered HTTP %d %s", re.Response.StatusCode, re.ErrorCode)
+	}
+	b.log.WarnContext(ctx, "token refresh failed; backing off", "company_id", cur.CompanyID, "trigger", trigger,
+		"failures", bo.failures, "retry_in", wait, "error", msg)
+	return fmt.Errorf("%w: company %s: %s", ErrTokenEndpoint, cur.CompanyID, msg)
+}
+
+// persist commits next with a compare-and-swap on its version. A conflict caused by a change
+// that kept the refresh token the store held (stored) or the one just presented (an earlier
+// write that did land after all) is merged and retried; a conflict with any other refresh
+// token means someone replaced the credential while we refreshed, and theirs wins.
+func (b *Broker) persist(ctx context.Context, stored, presented Secret, next Credential) (Credential, error) {
+	for attempt := 0; ; attempt++ {
+		saved, err := b.store.Update(ctx, next)
+		if err == nil {
+			b.mu.Lock()
+			delete(b.pending, next.CompanyID)
+			b.mu.Unlock()
+			return saved, nil
+		}
+		if !errors.Is(err, ErrConflict) || attempt == 3 {
+			return Credential{}, err
+		}
+		latest, gerr := b.store.Get(ctx, next.CompanyID)
+		if gerr != nil {
+			return Credential{}, gerr
+		}
+		if latest.RefreshToken != stored && latest.RefreshToken != presented {
+			b.log.WarnContext(ctx, "credential replaced during its refresh; keeping the stored one", "company_id", next.CompanyID)
+			b.mu.Lock()
+			delete(b.pending, next.CompanyID)
+			b.mu.Unlock()
+			return latest, nil
+		}
+		next.Version = latest.Version
+		next.TenantID = latest.TenantID
+	}
+}
+
+// keepPending holds a rotated pair whose write failed, and retries the write in the
+// background until it succeeds or the credential is replaced.
+func (b *Broker) keepPending(next Credential, stored Secret, cause error) {
+	b.log.Error("could not persist a rotated refresh token; keeping it in memory and retrying",
+		"company_id", next.CompanyID, "error", cause)
+	b.mu.Lock()
+	b.pending[next.CompanyID] = pendingPair{next: next, stored: stored}
+	n := len(b.pending)
+	start := !b.writers[next.CompanyID]
+	b.writers[next.CompanyID] = true
+	b.mu.Unlock()
+	b.metrics.SetPendingTokenWrites(n)
+	b.cache.Add(next.CompanyID, b.newEntry(next))
+	if start {
+		b.wg.Add(1)
+		go b.retryWrite(next.CompanyID)
+	}
+}
+
+func (b *Broker) retryWrite(companyID string) {
+	defer b.wg.Done()
+	defer func() {
+		b.mu.Lock()
+		delete(b.writers, companyID)
+		n := len(b.pending)
+		b.mu.Unlock()
+		b.metrics.SetPendingTokenWrites(n)
+	}()
+	wait := 100 * time.Millisecond
+	for {
+		select {
+		case <-b.stopCtx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, 30*time.Second)
+		// Serialise with refreshes of the same company, so a refresh never reads a pair that
+		// this write is about to replace.
+		_, err, _ := b.flights.Do(companyID, func() (any, error) {
+			b.mu.Lock()
+			p, ok := b.pending[companyID]
+			b.mu.Unlock()
+			if !ok {
+				return nil, nil
+			}
+			ctx, cancel := context.WithTimeout(b.stopCtx, b.tokenTimeout)
+			defer cancel()
+			stored, err := b.store.Get(ctx, companyID)
+			if err != nil {
+				return nil, err
+			}
+			if stored.RefreshToken != p.stored && stored.RefreshToken != p.next.RefreshToken {
+				// Another writer stored a different credential (reconnect or import) since: it wins.
+				b.mu.Lock()
+				delete(b.pending, companyID)
+				b.mu.Unlock()
+				b.invalidate(companyID)
+				return nil, nil
+			}
+			next := p.next
+			next.Version = stored.Version
+			next.TenantID = stored.TenantID
+			saved, err := b.store.Update(ctx, next)
+			if err != nil {
+				return nil, err
+			}
+			b.mu.Lock()
+			delete(b.pending, companyID)
+			b.mu.Unlock()
+			b.cache.Add(companyID, b.newEntry(saved))
+			b.log.Info("rotated refresh token persisted after retry", "company_id", companyID)
+			return nil, nil
+		})
+		if err == nil {
+			b.mu.Lock()
+			_, still := b.pending[companyID]
+			b.mu.Unlock()
+			if !still {
+				return
+			}
+		}
+	}
+}
