@@ -1,0 +1,314 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/metrics"
+)
+
+// Options configures a Handler.
+type Options struct {
+	// Upstream is the only destination; its path is a prefix for every request's path.
+	Upstream *url.URL
+	// Authorizer hands out credentials (a *credentials.Broker).
+	Authorizer Authorizer
+	// Tenants resolves the tenant header (a *credentials.Broker).
+	Tenants TenantResolver
+	// CompanyHeader and TenantHeader name the selection headers (defaults X-Pleo-Company-Id,
+	// X-Tenant-Id). DefaultCompanyID is used when a request names no company.
+	CompanyHeader, TenantHeader, DefaultCompanyID string
+	// ClientTokens, when not empty, are required of every caller as
+	// "Proxy-Authorization: Bearer <token>" (for a listener beyond loopback).
+	ClientTokens []credentials.Secret
+	// MaxReplayBytes is the largest body buffered for the 401 retry.
+	MaxReplayBytes int64
+	// Transport reaches the upstream (default NewUpstreamTransport(30s)).
+	Transport http.RoundTripper
+	// Logger receives one access line per request (default discard).
+	Logger *slog.Logger
+	// Metrics records request metrics (nil: none).
+	Metrics *metrics.Metrics
+	// Now is the clock for durations (default time.Now).
+	Now func() time.Time
+}
+
+// Handler is the data listener's http.Handler.
+type Handler struct {
+	rp           *httputil.ReverseProxy
+	selector     Selector
+	clientTokens [][32]byte
+	log          *slog.Logger
+	metrics      *metrics.Metrics
+	now          func() time.Time
+}
+
+// New builds the handler.
+func New(opts Options) (*Handler, error) {
+	if opts.Upstream == nil || opts.Upstream.Host == "" || (opts.Upstream.Scheme != "http" && opts.Upstream.Scheme != "https") {
+		return nil, errors.New("proxy: the upstream must be an absolute http(s) URL")
+	}
+	if opts.Authorizer == nil || opts.Tenants == nil {
+		return nil, errors.New("proxy: an Authorizer and a TenantResolver are required")
+	}
+	if opts.CompanyHeader == "" {
+		opts.CompanyHeader = "X-Pleo-Company-Id"
+	}
+	if opts.TenantHeader == "" {
+		opts.TenantHeader = "X-Tenant-Id"
+	}
+	if opts.MaxReplayBytes < 0 {
+		opts.MaxReplayBytes = 0
+	}
+	if opts.Transport == nil {
+		opts.Transport = NewUpstreamTransport(30 * time.Second)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	h := &Handler{
+		selector: Selector{
+			CompanyHeader: http.CanonicalHeaderKey(opts.CompanyHeader),
+			TenantHeader:  http.CanonicalHeaderKey(opts.TenantHeader),
+			Default:       credentials.CanonicalCompanyID(opts.DefaultCompanyID),
+			Tenants:       opts.Tenants,
+		},
+		log:     opts.Logger,
+		metrics: opts.Metrics,
+		now:     opts.Now,
+	}
+	for _, t := range opts.ClientTokens {
+		h.clientTokens = append(h.clientTokens, sha256.Sum256([]byte(t.Reveal())))
+	}
+	upstream := *opts.Upstream
+	companyHeader, tenantHeader := h.selector.CompanyHeader, h.selector.TenantHeader
+	h.rp = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(&upstream) // the destination never comes from the request
+			out := pr.Out.Header
+			out.Del("Authorization")
+			out.Del("Proxy-Authorization")
+			out.Del(companyHeader)
+			out.Del(tenantHeader)
+			out.Set("X-Request-Id", stateFrom(pr.In.Context()).requestID)
+		},
+		Transport: &authTransport{
+			base:      opts.Transport,
+			auth:      opts.Authorizer,
+			maxReplay: opts.MaxReplayBytes,
+			metrics:   opts.Metrics,
+		},
+		BufferPool:   bufferPool{},
+		ErrorHandler: h.proxyError,
+		ErrorLog:     slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
+	}
+	return h, nil
+}
+
+// requestState travels in the request's context from ServeHTTP to the transport and back.
+type requestState struct {
+	companyID      string
+	requestID      string
+	credentialType string
+	attempts       int
+	errCode        Code
+}
+
+type stateKey struct{}
+
+func stateFrom(ctx context.Context) *requestState {
+	if st, ok := ctx.Value(stateKey{}).(*requestState); ok {
+		return st
+	}
+	return &requestState{}
+}
+
+// ServeHTTP proxies one request.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := h.now()
+	done := h.metrics.InFlight()
+	defer done()
+	st := &requestState{requestID: requestID(r)}
+	rw := &recorder{ResponseWriter: w}
+	defer h.finish(rw, r, st, start)
+
+	if r.Method == http.MethodConnect || r.Method == http.MethodTrace {
+		h.writeProblem(rw, st, &Problem{Code: CodeMethodNotAllowed, Detail: r.Method + " is not forwarded"})
+		return
+	}
+	if len(h.clientTokens) > 0 && !h.clientAuthenticated(r) {
+		h.writeProblem(rw, st, &Problem{Code: CodeClientUnauthenticated, Detail: "send Proxy-Authorization: Bearer <client token>"})
+		return
+	}
+	company, err := h.selector.Select(r.Context(), r)
+	if err != nil {
+		h.writeProblem(rw, st, problemFor(err, ""))
+		return
+	}
+	st.companyID = company
+	h.rp.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))
+}
+
+func (h *Handler) finish(rw *recorder, r *http.Request, st *requestState, start time.Time) {
+	d := h.now().Sub(start)
+	status := rw.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	ct := st.credentialType
+	if ct == "" {
+		ct = metrics.CredentialNone
+	}
+	h.metrics.ObserveRequest(r.Method, status, ct, d)
+	if !h.log.Enabled(r.Context(), slog.LevelInfo) {
+		return
+	}
+	attrs := []slog.Attr{
+		slog.String("method", r.Method),
+		slog.String("path", r.URL.Path),
+		slog.Int("status", status),
+		slog.Duration("duration", d),
+		slog.String("company_id", st.companyID),
+		slog.String("credential_type", ct),
+		slog.Int("attempts", st.attempts),
+		slog.String("request_id", st.requestID),
+	}
+	if st.errCode != "" {
+		attrs = append(attrs, slog.String("error_code", string(st.errCode)))
+	}
+	h.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+}
+
+// proxyError is the ReverseProxy's ErrorHandler: every transport error becomes a problem.
+func (h *Handler) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	st := stateFrom(r.Context())
+	if r.Context().Err() != nil && errors.Is(err, context.Canceled) {
+		// The caller went away: not an upstream failure, and nobody to answer.
+		if rw, ok := w.(*recorder); ok {
+			rw.status = 499
+		}
+		return
+	}
+	p := problemFor(err, st.companyID)
+	if p.Code == CodeUpstreamUnreachable || p.Code == CodeUpstreamTimeout || p.Code == CodeStoreUnavailable || p.Code == CodeTokenEndpointError {
+		h.log.WarnContext(r.Context(), "request failed", "code", string(p.Code), "company_id", st.companyID, "request_id", st.requestID, "error", err)
+	}
+	h.writeProblem(w, st, p)
+}
+
+func (h *Handler) writeProblem(w http.ResponseWriter, st *requestState, p *Problem) {
+	st.errCode = p.Code
+	h.metrics.Error(string(p.Code))
+	WriteProblem(w, p, st.requestID)
+}
+
+// problemFor maps an error to its problem through the error kinds callers branch on. Details
+// of unknown errors go to the log, not to the caller.
+func problemFor(err error, companyID string) *Problem {
+	var p *Problem
+	if errors.As(err, &p) {
+		return p
+	}
+	var be *bodyError
+	var ne net.Error
+	switch {
+	case errors.Is(err, credentials.ErrNotFound):
+		return &Problem{Code: CodeCompanyUnknown, Detail: "no credential is stored for this company", CompanyID: companyID}
+	case errors.Is(err, credentials.ErrCredentialExpired):
+		return &Problem{Code: CodeCredentialExpired, Detail: "the company's API key is past its expires_at; a person must issue a new one", CompanyID: companyID}
+	case errors.Is(err, credentials.ErrReauthorizationRequired):
+		return &Problem{Code: CodeReauthorizationRequired, Detail: "Pleo rejected the refresh token; a person must reconnect the company", CompanyID: companyID}
+	case errors.Is(err, credentials.ErrTokenEndpoint):
+		return &Problem{Code: CodeTokenEndpointError, Detail: "the token could not be refreshed and no unexpired token is left", CompanyID: companyID}
+	case errors.Is(err, credentials.ErrStoreUnavailable):
+		return &Problem{Code: CodeStoreUnavailable, Detail: "the credential store could not be read", CompanyID: companyID}
+	case errors.As(err, &be):
+		return &Problem{Code: CodeUpstreamUnreachable, Detail: "the request body could not be read", CompanyID: companyID}
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return &Problem{Code: CodeUpstreamTimeout, Detail: "the upstream did not answer in time", CompanyID: companyID}
+	default:
+		return &Problem{Code: CodeUpstreamUnreachable, Detail: "the upstream could not be reached", CompanyID: companyID}
+	}
+}
+
+// clientAuthenticated checks Proxy-Authorization against every configured client token in
+// constant time (hashes, so lengths do not leak either).
+func (h *Handler) clientAuthenticated(r *http.Request) bool {
+	v := r.Header.Get("Proxy-Authorization")
+	const prefix = "Bearer "
+	if len(v) <= len(prefix) || !strings.EqualFold(v[:len(prefix)], prefix) {
+		return false
+	}
+	got := sha256.Sum256([]byte(v[len(prefix):]))
+	ok := 0
+	for _, want := range h.clientTokens {
+		ok |= subtle.ConstantTimeCompare(got[:], want[:])
+	}
+	return ok == 1
+}
+
+// requestID returns the caller's X-Request-Id when it is sane, else a new random one.
+func requestID(r *http.Request) string {
+	if id := r.Header.Get("X-Request-Id"); id != "" && len(id) <= 128 && visibleASCII(id) {
+		return id
+	}
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func visibleASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// recorder captures the status for the access log and metrics; Unwrap lets the
+// ReverseProxy's ResponseController reach Flush on the real writer.
+type recorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (rw *recorder) WriteHeader(code int) {
+	if rw.status == 0 && code >= 200 {
+		rw.status = code
+	}
+	rw.ResponseWriter.WriteHeader(code)
+}
+
+func (rw *recorder) Write(p []byte) (int, error) {
+	if rw.status == 0 {
+		rw.status = http.StatusOK
+	}
+	return rw.ResponseWriter.Write(p)
+}
+
+func (rw *recorder) Unwrap() http.ResponseWriter { return rw.ResponseWriter }
+
+// bufferPool recycles the ReverseProxy's 32 KiB copy buffers.
+type bufferPool struct{}
+
+var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (bufferPool) Get() []byte  { return *(buffers.Get().(*[]byte)) }
+func (bufferPool) Put(b []byte) { buffers.Put(&b) }
