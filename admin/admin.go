@@ -1,0 +1,191 @@
+// Package admin serves the sidecar's admin listener: Prometheus metrics, liveness, readiness
+// with reasons, and the credential status endpoint. It serves nothing secret.
+package admin
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/pprof"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
+)
+
+// Check is one readiness condition; a non-nil error makes /readyz answer 503 with its text.
+type Check struct {
+	Name  string
+	Check func(ctx context.Context) error
+}
+
+// CredentialStatus lists credentials and derives their reported state (a *credentials.Broker
+// over the store does both).
+type CredentialStatus interface {
+	List(ctx context.Context) ([]credentials.Credential, error)
+	StatusOf(c credentials.Credential) credentials.Status
+}
+
+// Options configures the admin handler.
+type Options struct {
+	// Gatherer is served on /metrics.
+	Gatherer prometheus.Gatherer
+	// Checks decide readiness.
+	Checks []Check
+	// Credentials backs GET /credentials.
+	Credentials CredentialStatus
+	// AdminToken guards GET /credentials; empty turns the endpoint off (404).
+	AdminToken credentials.Secret
+	// EnablePprof serves /debug/pprof/.
+	EnablePprof bool
+	// Logger receives handler errors (default discard).
+	Logger *slog.Logger
+}
+
+// Handler is the admin listener's http.Handler.
+type Handler struct {
+	mux          *http.ServeMux
+	checks       []Check
+	creds        CredentialStatus
+	tokenHash    [32]byte
+	tokenSet     bool
+	shuttingDown atomic.Bool
+	log          *slog.Logger
+}
+
+// New builds the admin handler.
+func New(opts Options) *Handler {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	h := &Handler{mux: http.NewServeMux(), checks: opts.Checks, creds: opts.Credentials, log: opts.Logger}
+	if !opts.AdminToken.IsZero() {
+		h.tokenSet = true
+		h.tokenHash = sha256.Sum256([]byte(opts.AdminToken.Reveal()))
+	}
+	if opts.Gatherer != nil {
+		h.mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{
+			ErrorLog: slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
+		}))
+	}
+	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	h.mux.HandleFunc("GET /readyz", h.readyz)
+	h.mux.HandleFunc("GET /credentials", h.credentials)
+	if opts.EnablePprof {
+		h.mux.HandleFunc("/debug/pprof/", pprof.Index)
+		h.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		h.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		h.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		h.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	return h
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+// SetShuttingDown turns readiness to 503, the first step of a graceful shutdown.
+func (h *Handler) SetShuttingDown() { h.shuttingDown.Store(true) }
+
+func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	var reasons []string
+	if h.shuttingDown.Load() {
+		reasons = append(reasons, "shutting down")
+	}
+	for _, c := range h.checks {
+		if err := c.Check(ctx); err != nil {
+			reasons = append(reasons, c.Name+": "+err.Error())
+		}
+	}
+	if len(reasons) > 0 {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "not ready", "reasons": reasons})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ready"})
+}
+
+// credentialView is what GET /credentials shows of one credential: metadata, never a secret.
+type credentialView struct {
+	CompanyID            string     `json:"company_id"`
+	TenantID             string     `json:"tenant_id,omitempty"`
+	Type                 string     `json:"type"`
+	State                string     `json:"state"`
+	AccessTokenExpiresAt *time.Time `json:"access_token_expires_at,omitempty"`
+	KeyExpiresAt         *time.Time `json:"key_expires_at,omitempty"`
+	LastRefreshedAt      *time.Time `json:"last_refreshed_at,omitempty"`
+	LastError            string     `json:"last_error,omitempty"`
+}
+
+func (h *Handler) credentials(w http.ResponseWriter, r *http.Request) {
+	if !h.tokenSet || h.creds == nil {
+		http.NotFound(w, r)
+		return
+	}
+	if !h.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="pleo-auth-proxy-admin"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "a valid admin bearer token is required"})
+		return
+	}
+	list, err := h.creds.List(r.Context())
+	if err != nil {
+		h.log.WarnContext(r.Context(), "listing credentials failed", "error", err)
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "the credential store could not be read"})
+		return
+	}
+	filter := r.URL.Query().Get("state")
+	out := make([]credentialView, 0, len(list))
+	for _, c := range list {
+		v := credentialView{
+			CompanyID: c.CompanyID,
+			TenantID:  c.TenantID,
+			Type:      string(c.Type),
+			State:     string(h.creds.StatusOf(c)),
+			LastError: c.LastError,
+		}
+		if !c.ExpiresAt.IsZero() {
+			t := c.ExpiresAt
+			if c.Type == credentials.OAuth2 {
+				v.AccessTokenExpiresAt = &t
+			} else {
+				v.KeyExpiresAt = &t
+			}
+		}
+		if !c.LastRefreshedAt.IsZero() {
+			t := c.LastRefreshedAt
+			v.LastRefreshedAt = &t
+		}
+		if filter != "" && v.State != filter {
+			continue
+		}
+		out = append(out, v)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"credentials": out})
+}
+
+func (h *Handler) authorized(r *http.Request) bool {
+	v := r.Header.Get("Authorization")
+	const prefix = "Bearer "
+	if len(v) <= len(prefix) || !strings.EqualFold(v[:len(prefix)], prefix) {
+		return false
+	}
+	got := sha256.Sum256([]byte(v[len(prefix):]))
+	return subtle.ConstantTimeCompare(got[:], h.tokenHash[:]) == 1
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

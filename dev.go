@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/config"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/mockpleo"
+)
+
+// Demo companies of `serve --dev`.
+const (
+	devOAuthCompany      = "11111111-1111-4111-8111-111111111111"
+	devOAuthTenant       = "acme-erp"
+	devIntegratedCompany = "22222222-2222-4222-8222-222222222222"
+	devStandaloneCompany = "33333333-3333-4333-8333-333333333333"
+	devAdminToken        = "dev-admin-token"
+	devAccessTTL         = 20 * time.Second
+)
+
+// devPleo is the embedded mock Pleo of `serve --dev`, on loopback.
+type devPleo struct {
+	mock *mockpleo.Server
+	srv  *http.Server
+	url  string
+}
+
+func startDevPleo() (*devPleo, error) {
+	mock := mockpleo.New(mockpleo.Options{AccessTTL: devAccessTTL})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("dev: starting the mock Pleo: %w", err)
+	}
+	d := &devPleo{mock: mock, url: "http://" + ln.Addr().String()}
+	d.srv = &http.Server{Handler: mock.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = d.srv.Serve(ln) }()
+	return d, nil
+}
+
+func (d *devPleo) Close() { _ = d.srv.Close() }
+
+// environ is the configuration --dev implies; variables set by the user win.
+func (d *devPleo) environ() map[string]string {
+	return map[string]string{
+		"PLEO_PROXY_STORE":               "memory://",
+		"PLEO_PROXY_UPSTREAM_URL":        d.url,
+		"PLEO_PROXY_OAUTH_TOKEN_URL":     d.url + "/oauth/token",
+		"PLEO_PROXY_OAUTH_AUTHORIZE_URL": d.url + "/oauth/authorize",
+		"PLEO_PROXY_OAUTH_CLIENT_ID":     mockpleo.DefaultClientID,
+		"PLEO_PROXY_OAUTH_CLIENT_SECRET": mockpleo.DefaultClientSecret,
+		"PLEO_PROXY_ADMIN_ADDR":          "127.0.0.1:9090",
+		"PLEO_PROXY_ADMIN_TOKEN":         devAdminToken,
+		"PLEO_PROXY_REFRESH_BEFORE":      "5s",
+	}
+}
+
+// seed stores the demo companies: one OAuth (short-lived tokens, so refreshes show), one
+// Integrated and one Standalone API key.
+func (d *devPleo) seed(ctx context.Context, store credentials.Store) error {
+	access, refresh, exp := d.mock.AddOAuthCompany(devOAuthCompany, "export-jobs:read", "export-items:read")
+	d.mock.AddAPIKey(devIntegratedCompany, "dev-integrated-key", time.Time{})
+	standaloneExp := time.Now().Add(30 * 24 * time.Hour).Truncate(time.Second)
+	d.mock.AddAPIKey(devStandaloneCompany, "dev-standalone-key", standaloneExp)
+	return store.PutAll(ctx, []credentials.Credential{
+		{CompanyID: devOAuthCompany, TenantID: devOAuthTenant, Type: credentials.OAuth2,
+			AccessToken: credentials.Secret(access), RefreshToken: credentials.Secret(refresh), ExpiresAt: exp, LastRefreshedAt: time.Now()},
+		{CompanyID: devIntegratedCompany, Type: credentials.IntegratedAPIKey, APIKey: "dev-integrated-key"},
+		{CompanyID: devStandaloneCompany, Type: credentials.StandaloneAPIKey, APIKey: "dev-standalone-key", ExpiresAt: standaloneExp},
+	}, false)
+}
+
+func (d *devPleo) printTry(w io.Writer, listen, adminAddr string, cfg *config.Config) {
+	p := "http://" + listen
+	a := "http://" + adminAddr
+	fmt.Fprintf(w, `
+pleo-auth-proxy is running in --dev mode against an embedded mock Pleo at %s
+(OAuth access tokens live %s here, so you will see refreshes in the log).
+
+Try:
+  curl -s %s/v1/export-jobs -H '%s: %s'        # OAuth company
+  curl -s '%s/v1/export-jobs?company_id=%s'              # Integrated API key, chosen by query
+  curl -s %s/v1/vendors -H '%s: %s'                       # OAuth company, chosen by tenant
+  curl -s %s/v1/accounts -H '%s: %s'        # Standalone API key
+  curl -s %s/v1/mock/stream?chunks=5 -H '%s: %s'  # a streamed response
+  curl -s %s/v1/export-jobs                                                      # a problem: no company
+  curl -s %s/metrics | grep ^pleo_proxy_
+  curl -s %s/credentials -H 'Authorization: Bearer %s'
+
+`, d.url, devAccessTTL,
+		p, cfg.CompanyHeader, devOAuthCompany,
+		p, devIntegratedCompany,
+		p, cfg.TenantHeader, devOAuthTenant,
+		p, cfg.CompanyHeader, devStandaloneCompany,
+		p, cfg.CompanyHeader, devOAuthCompany,
+		p, a, a, devAdminToken)
+}

@@ -1,0 +1,257 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/lmittmann/tint"
+
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/admin"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/config"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/metrics"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/proxy"
+)
+
+// loadConfig reads --env-file (the process environment wins) and parses the configuration.
+func loadConfig(environ []string, envFile string, overlay map[string]string) (*config.Config, error) {
+	env := config.Environ(environ)
+	if envFile != "" {
+		var err error
+		if env, err = config.LoadEnvFile(envFile, env); err != nil {
+			return nil, err
+		}
+	}
+	for k, v := range overlay {
+		if _, set := env[k]; !set {
+			env[k] = v
+		}
+	}
+	return config.Parse(env)
+}
+
+// newLogger builds the process logger: tint text (colour only on a terminal) or JSON.
+func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	}
+	return slog.New(tint.NewTextHandler(w, &tint.Options{Level: cfg.LogLevel, NoColor: !isTerminal(w), TimeFormat: time.RFC3339}))
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	envFile := fs.String("env-file", "", "load a dotenv file first (the process environment wins)")
+	dev := fs.Bool("dev", false, "run against an embedded mock Pleo with demo companies (no account, no network)")
+	if err := fs.Parse(args); err != nil {
+		return usageError{""}
+	}
+	if fs.NArg() > 0 {
+		return usageError{fmt.Sprintf("serve takes no arguments, got %q", fs.Args())}
+	}
+
+	var mock *devPleo
+	overlay := map[string]string(nil)
+	if *dev {
+		var err error
+		if mock, err = startDevPleo(); err != nil {
+			return err
+		}
+		defer mock.Close()
+		overlay = mock.environ()
+	}
+	cfg, err := loadConfig(environ, *envFile, overlay)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg, stderr)
+
+	reg := metrics.NewRegistry()
+	m := metrics.New(reg)
+	store, err := credentials.Open(cfg.Store, credentials.OpenOptions{PollInterval: cfg.StorePollInterval, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	if mock != nil {
+		if err := mock.seed(ctx, store); err != nil {
+			return err
+		}
+	}
+	broker, err := credentials.NewBroker(credentials.BrokerOptions{
+		Store:     store,
+		CacheSize: cfg.CacheSize,
+		OAuth: credentials.OAuthClient{
+			ClientID:     cfg.OAuthClientID,
+			ClientSecret: cfg.OAuthClientSecret,
+			TokenURL:     cfg.OAuthTokenURL.String(),
+		},
+		RefreshBefore:     cfg.RefreshBefore,
+		TokenTimeout:      cfg.TokenTimeout,
+		KeepaliveInterval: cfg.KeepaliveInterval,
+		Logger:            log,
+		Metrics:           m,
+	})
+	if err != nil {
+		return err
+	}
+	defer broker.Close()
+
+	handler, err := proxy.New(proxy.Options{
+		Upstream:         cfg.UpstreamURL,
+		Authorizer:       broker,
+		Tenants:          broker,
+		CompanyHeader:    cfg.CompanyHeader,
+		TenantHeader:     cfg.TenantHeader,
+		DefaultCompanyID: cfg.DefaultCompanyID,
+		ClientTokens:     clientTokens(cfg),
+		MaxReplayBytes:   cfg.MaxReplayBytes,
+		Transport:        proxy.NewUpstreamTransport(cfg.UpstreamTimeout),
+		Logger:           log,
+		Metrics:          m,
+	})
+	if err != nil {
+		return err
+	}
+	adminHandler := admin.New(admin.Options{
+		Gatherer: reg,
+		Checks: []admin.Check{
+			{Name: "store", Check: store.Ping},
+			{Name: "token writes", Check: func(context.Context) error {
+				if n := broker.PendingWrites(); n > 0 {
+					return fmt.Errorf("%d rotated refresh token(s) held in memory, store write pending", n)
+				}
+				return nil
+			}},
+		},
+		Credentials: brokerStatus{store, broker},
+		AdminToken:  cfg.AdminToken,
+		EnablePprof: cfg.EnablePprof,
+		Logger:      log,
+	})
+
+	// Bind before serving, so a busy port fails at start.
+	dataLn, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("PLEO_PROXY_LISTEN_ADDR: %w", err)
+	}
+	adminLn, err := net.Listen("tcp", cfg.AdminAddr)
+	if err != nil {
+		dataLn.Close()
+		return fmt.Errorf("PLEO_PROXY_ADMIN_ADDR: %w", err)
+	}
+	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
+	dataSrv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second, MaxHeaderBytes: 64 << 10, ErrorLog: errLog}
+	adminSrv := &http.Server{Handler: adminHandler, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 60 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10, ErrorLog: errLog}
+
+	bg, stopBg := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBg()
+	go broker.Run(bg, 0)
+
+	serveErr := make(chan error, 2)
+	go func() { serveErr <- dataSrv.Serve(dataLn) }()
+	go func() { serveErr <- adminSrv.Serve(adminLn) }()
+	log.Info("pleo-auth-proxy started", "version", version, "listen", dataLn.Addr().String(),
+		"admin", adminLn.Addr().String(), "upstream", cfg.UpstreamURL.String(), "store", cfg.RedactedStore(), "dev", *dev)
+	if mock != nil {
+		mock.printTry(stdout, dataLn.Addr().String(), adminLn.Addr().String(), cfg)
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down", "timeout", cfg.ShutdownTimeout)
+	case runErr = <-serveErr:
+		log.Error("listener failed", "error", runErr)
+	}
+	// Readiness first, then stop accepting and drain, then give up.
+	adminHandler.SetShuttingDown()
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := dataSrv.Shutdown(sctx); err != nil {
+		log.Warn("graceful shutdown timed out; closing connections", "error", err)
+		_ = dataSrv.Close()
+	}
+	stopBg()
+	_ = adminSrv.Shutdown(sctx)
+	if n := broker.PendingWrites(); n > 0 {
+		log.Error("exiting with rotated refresh tokens not persisted", "count", n)
+	}
+	if runErr != nil && !errors.Is(runErr, http.ErrServerClosed) {
+		return runErr
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func clientTokens(cfg *config.Config) []credentials.Secret {
+	if cfg.ListenIsLoopback() && len(cfg.ClientTokens) == 0 {
+		return nil
+	}
+	return cfg.ClientTokens
+}
+
+// brokerStatus joins the store's list with the broker's derived states for /credentials.
+type brokerStatus struct {
+	store  credentials.Store
+	broker *credentials.Broker
+}
+
+func (b brokerStatus) List(ctx context.Context) ([]credentials.Credential, error) {
+	return b.store.List(ctx)
+}
+
+func (b brokerStatus) StatusOf(c credentials.Credential) credentials.Status {
+	return b.broker.StatusOf(c)
+}
+
+// healthcheck asks the admin listener's /healthz, for container health checks.
+func healthcheck(ctx context.Context, environ []string) error {
+	addr := config.Environ(environ)["PLEO_PROXY_ADMIN_ADDR"]
+	if addr == "" {
+		addr = ":9090"
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("PLEO_PROXY_ADMIN_ADDR: %w", err)
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(host, port)+"/healthz", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := (&http.Client{}).Do(req)
+	if err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("healthcheck: /healthz answered %s", resp.Status)
+	}
+	return nil
+}
+
+// quoteShell quotes s for a POSIX shell.
+func quoteShell(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
