@@ -19,6 +19,9 @@ var (
 	ErrStoreUnavailable = errors.New("credentials: store unavailable")
 	// ErrTokenEndpoint: a refresh failed transiently and no unexpired token is left.
 	ErrTokenEndpoint = errors.New("credentials: token endpoint error")
+	// ErrRefreshInProgress: another process holds this credential's refresh lease and its
+	// outcome is unknown; the token endpoint must not be called for it meanwhile.
+	ErrRefreshInProgress = errors.New("credentials: refresh in progress elsewhere")
 )
 
 // FieldError names the field of a credential that is invalid.
