@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -20,6 +22,7 @@ import (
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/metrics"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/proxy"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/redact"
 )
 
 // loadConfig reads --env-file (the process environment wins) and parses the configuration.
@@ -39,12 +42,29 @@ func loadConfig(environ []string, envFile string, overlay map[string]string) (*c
 	return config.Parse(env)
 }
 
-// newLogger builds the process logger: tint text (colour only on a terminal) or JSON.
-func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
+// newLogHandler builds the process log handler: tint text (colour only on a terminal) or JSON.
+func newLogHandler(cfg *config.Config, w io.Writer) slog.Handler {
 	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: cfg.LogLevel}))
+		return slog.NewJSONHandler(w, &slog.HandlerOptions{Level: cfg.LogLevel})
 	}
-	return slog.New(tint.NewTextHandler(w, &tint.Options{Level: cfg.LogLevel, NoColor: !isTerminal(w), TimeFormat: time.RFC3339}))
+	return tint.NewTextHandler(w, &tint.Options{Level: cfg.LogLevel, NoColor: !isTerminal(w), TimeFormat: time.RFC3339})
+}
+
+// configSecrets lists the configuration's secret values, for redaction by value.
+func configSecrets(cfg *config.Config) []string {
+	out := []string{cfg.OAuthClientSecret.Reveal(), cfg.AdminToken.Reveal()}
+	for _, t := range cfg.ClientTokens {
+		out = append(out, t.Reveal())
+	}
+	for _, k := range cfg.EncryptionKeys {
+		out = append(out, base64.StdEncoding.EncodeToString(k), string(k))
+	}
+	if u, err := url.Parse(cfg.Store); err == nil && u.User != nil {
+		if p, ok := u.User.Password(); ok {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 func isTerminal(w io.Writer) bool {
@@ -82,14 +102,17 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg, stderr)
+	secrets := redact.NewSet(4 * cfg.CacheSize)
+	secrets.AddPermanent(configSecrets(cfg)...)
+	log := slog.New(redact.NewHandler(newLogHandler(cfg, stderr), secrets))
 
 	reg := metrics.NewRegistry()
 	m := metrics.New(reg)
-	store, err := credentials.Open(cfg.Store, credentials.OpenOptions{PollInterval: cfg.StorePollInterval, Logger: log})
+	rawStore, err := credentials.Open(cfg.Store, credentials.OpenOptions{PollInterval: cfg.StorePollInterval, Logger: log})
 	if err != nil {
 		return err
 	}
+	store := credentials.Instrument(rawStore, m)
 	defer store.Close()
 	if mock != nil {
 		if err := mock.seed(ctx, store); err != nil {
