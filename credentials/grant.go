@@ -13,6 +13,7 @@ type Grant struct {
 	// Type is the credential type the grant came from.
 	Type   Type
 	header string
+	values []string // []string{header}, built once, shared read-only
 }
 
 // NewGrant builds the grant for a credential: Bearer for OAuth2, HTTP Basic with the key as
@@ -25,6 +26,9 @@ func NewGrant(c Credential) Grant {
 	case IntegratedAPIKey, StandaloneAPIKey:
 		g.header = BasicAuthorization(c.APIKey.Reveal())
 	}
+	if g.header != "" {
+		g.values = []string{g.header}
+	}
 	return g
 }
 
@@ -36,6 +40,10 @@ func BasicAuthorization(key string) string {
 
 // Authorization returns the Authorization header value. Call it only to send the request.
 func (g Grant) Authorization() string { return g.header }
+
+// HeaderValues returns the Authorization value as a header value slice, built once per
+// credential so that setting it allocates nothing. Callers must not modify it.
+func (g Grant) HeaderValues() []string { return g.values }
 
 // IsZero reports whether the grant carries no credential.
 func (g Grant) IsZero() bool { return g.header == "" }

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/metrics"
@@ -49,6 +50,8 @@ type Options struct {
 // Handler is the data listener's http.Handler.
 type Handler struct {
 	rp           *httputil.ReverseProxy
+	auth         Authorizer
+	maxReplay    int64
 	selector     Selector
 	clientTokens [][32]byte
 	log          *slog.Logger
@@ -89,9 +92,11 @@ func New(opts Options) (*Handler, error) {
 			Default:       credentials.CanonicalCompanyID(opts.DefaultCompanyID),
 			Tenants:       opts.Tenants,
 		},
-		log:     opts.Logger,
-		metrics: opts.Metrics,
-		now:     opts.Now,
+		auth:      opts.Authorizer,
+		maxReplay: opts.MaxReplayBytes,
+		log:       opts.Logger,
+		metrics:   opts.Metrics,
+		now:       opts.Now,
 	}
 	for _, t := range opts.ClientTokens {
 		h.clientTokens = append(h.clientTokens, sha256.Sum256([]byte(t.Reveal())))
@@ -101,18 +106,21 @@ func New(opts Options) (*Handler, error) {
 	h.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(&upstream) // the destination never comes from the request
+			st := stateFrom(pr.In.Context())
 			out := pr.Out.Header
-			out.Del("Authorization")
 			out.Del("Proxy-Authorization")
 			out.Del(companyHeader)
 			out.Del(tenantHeader)
-			out.Set("X-Request-Id", stateFrom(pr.In.Context()).requestID)
+			// Replaces whatever the client sent; the slice is built once per credential.
+			out["Authorization"] = st.grant.HeaderValues()
+			if v := out["X-Request-Id"]; len(v) != 1 || v[0] != st.requestID {
+				out["X-Request-Id"] = st.idHeader
+			}
 		},
 		Transport: &authTransport{
-			base:      opts.Transport,
-			auth:      opts.Authorizer,
-			maxReplay: opts.MaxReplayBytes,
-			metrics:   opts.Metrics,
+			base:    opts.Transport,
+			auth:    opts.Authorizer,
+			metrics: opts.Metrics,
 		},
 		BufferPool:   bufferPool{},
 		ErrorHandler: h.proxyError,
@@ -126,13 +134,44 @@ type requestState struct {
 	companyID      string
 	requestID      string
 	credentialType string
+	idHeader       []string // X-Request-Id as a header value
+	grant          credentials.Grant
+	body           *replayBody
 	attempts       int
 	errCode        Code
+}
+
+// exchange is everything one request needs beyond what ReverseProxy allocates, in a single
+// allocation: state, response recorder, the context that carries the state, and the request
+// id's bytes and header value.
+type exchange struct {
+	rw    recorder
+	st    requestState
+	ctx   stateContext
+	id    [32]byte
+	idHdr [1]string
+}
+
+// stateContext carries the request state without a context.WithValue allocation.
+type stateContext struct {
+	context.Context
+	st *requestState
+}
+
+// Value implements context.Context.
+func (c *stateContext) Value(key any) any {
+	if key == (stateKey{}) {
+		return c.st
+	}
+	return c.Context.Value(key)
 }
 
 type stateKey struct{}
 
 func stateFrom(ctx context.Context) *requestState {
+	if c, ok := ctx.(*stateContext); ok {
+		return c.st
+	}
 	if st, ok := ctx.Value(stateKey{}).(*requestState); ok {
 		return st
 	}
@@ -144,8 +183,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := h.now()
 	done := h.metrics.InFlight()
 	defer done()
-	st := &requestState{requestID: requestID(r)}
-	rw := &recorder{ResponseWriter: w}
+	x := &exchange{rw: recorder{ResponseWriter: w}}
+	x.st.requestID = x.requestID(r)
+	rw, st := &x.rw, &x.st
 	defer h.finish(rw, r, st, start)
 
 	if r.Method == http.MethodConnect || r.Method == http.MethodTrace {
@@ -162,7 +202,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st.companyID = company
-	h.rp.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))
+	grant, err := h.auth.Authorize(r.Context(), company)
+	if err != nil {
+		h.writeProblem(rw, st, problemFor(err, company))
+		return
+	}
+	st.grant, st.credentialType = grant, string(grant.Type)
+	x.ctx = stateContext{Context: r.Context(), st: st}
+	out := r.WithContext(&x.ctx)
+	if st.body, err = bufferBody(out, h.maxReplay); err != nil {
+		h.writeProblem(rw, st, problemFor(err, company))
+		return
+	}
+	h.rp.ServeHTTP(rw, out)
 }
 
 func (h *Handler) finish(rw *recorder, r *http.Request, st *requestState, start time.Time) {
@@ -263,14 +315,20 @@ func (h *Handler) clientAuthenticated(r *http.Request) bool {
 	return ok == 1
 }
 
-// requestID returns the caller's X-Request-Id when it is sane, else a new random one.
-func requestID(r *http.Request) string {
-	if id := r.Header.Get("X-Request-Id"); id != "" && len(id) <= 128 && visibleASCII(id) {
-		return id
+// requestID returns the caller's X-Request-Id when it is sane, else a new random one, and
+// prepares its header value.
+func (x *exchange) requestID(r *http.Request) string {
+	id := r.Header.Get("X-Request-Id")
+	if id == "" || len(id) > 128 || !visibleASCII(id) {
+		var b [16]byte
+		_, _ = rand.Read(b[:])
+		hex.Encode(x.id[:], b[:])
+		// The bytes live in x and are never written again, so no copy is needed.
+		id = unsafe.String(&x.id[0], len(x.id))
 	}
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	x.idHdr[0] = id
+	x.st.idHeader = x.idHdr[:]
+	return id
 }
 
 func visibleASCII(s string) bool {

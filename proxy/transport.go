@@ -43,41 +43,30 @@ func NewUpstreamTransport(timeout time.Duration) *http.Transport {
 	}
 }
 
-// authTransport injects the company's credential and retries once after a 401, replaying a
-// body of up to maxReplay bytes.
+// authTransport makes the attempt ReverseProxy hands it — which already carries the
+// company's credential, set in Rewrite — and, after a 401, asks for a new credential and
+// retries once with a clone, replaying a body of up to maxReplay bytes.
 type authTransport struct {
-	base      http.RoundTripper
-	auth      Authorizer
-	maxReplay int64
-	metrics   *metrics.Metrics
+	base    http.RoundTripper
+	auth    Authorizer
+	metrics *metrics.Metrics
 }
 
-// RoundTrip implements http.RoundTripper. It never modifies req: it sends clones.
+// RoundTrip implements http.RoundTripper. It never modifies req: a retry sends a clone.
 func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	st := stateFrom(ctx)
-	grant, err := t.auth.Authorize(ctx, st.companyID)
-	if err != nil {
-		closeBody(req)
-		return nil, err
-	}
-	st.credentialType = string(grant.Type)
-	body, replayable, err := bufferBody(req, t.maxReplay)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := t.send(req, grant, body, st)
-	if err != nil || resp.StatusCode != http.StatusUnauthorized {
+	resp, err := t.attempt(req, st)
+	if err != nil || resp.StatusCode != http.StatusUnauthorized || st.grant.IsZero() {
 		return resp, err
 	}
-
-	if !replayable {
+	if !st.body.replayable() {
 		t.metrics.AuthRetry(metrics.RetryNotReplayable)
 		// Refresh anyway, so that the caller's own retry finds a fresh credential.
-		_, _, _ = t.auth.Reauthorize(ctx, st.companyID, grant)
+		_, _, _ = t.auth.Reauthorize(ctx, st.companyID, st.grant)
 		return resp, nil
 	}
-	next, retry, err := t.auth.Reauthorize(ctx, st.companyID, grant)
+	next, retry, err := t.auth.Reauthorize(ctx, st.companyID, st.grant)
 	if err != nil {
 		t.metrics.AuthRetry(metrics.RetryFailed)
 		if errors.Is(err, credentials.ErrReauthorizationRequired) || errors.Is(err, credentials.ErrCredentialExpired) {
@@ -91,7 +80,13 @@ func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return resp, nil
 	}
 	drain(resp)
-	resp, err = t.send(req, next, body, st)
+	out := new(http.Request)
+	*out = *req
+	out.Header = req.Header.Clone()
+	out.Header["Authorization"] = next.HeaderValues()
+	out.Body, out.GetBody, out.ContentLength = st.body.reopen()
+	st.grant = next
+	resp, err = t.attempt(out, st)
 	if err != nil {
 		t.metrics.AuthRetry(metrics.RetryFailed)
 		return nil, err
@@ -104,70 +99,64 @@ func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-// send makes one attempt with grant: a shallow clone of req with its own header map.
-func (t *authTransport) send(req *http.Request, grant credentials.Grant, body *replayBody, st *requestState) (*http.Response, error) {
-	out := new(http.Request)
-	*out = *req
-	out.Header = req.Header.Clone()
-	out.Header.Set("Authorization", grant.Authorization())
-	if body != nil {
-		out.Body, out.GetBody, out.ContentLength = body.open()
-	}
+// attempt sends one request upstream and counts it.
+func (t *authTransport) attempt(req *http.Request, st *requestState) (*http.Response, error) {
 	st.attempts++
-	resp, err := t.base.RoundTrip(out)
+	resp, err := t.base.RoundTrip(req)
 	if err != nil {
+		t.metrics.UpstreamResponse(0)
 		return nil, err
 	}
 	t.metrics.UpstreamResponse(resp.StatusCode)
 	return resp, nil
 }
 
-// replayBody is a request body held for a possible retry, or a one-shot stream.
+// replayBody is a request body held for a possible retry. A nil *replayBody is an empty
+// body, which is always replayable.
 type replayBody struct {
-	buf    []byte
-	stream io.ReadCloser // non-nil: not replayable
-	length int64
+	buf      []byte
+	streamed bool // over the limit: sent once, unbuffered, never replayed
 }
 
-func (b *replayBody) open() (io.ReadCloser, func() (io.ReadCloser, error), int64) {
-	if b.stream != nil {
-		s := b.stream
-		b.stream = http.NoBody // a second open would be a bug; send nothing rather than half
-		return s, nil, b.length
+func (b *replayBody) replayable() bool { return b == nil || !b.streamed }
+
+// reopen returns a fresh reader over the buffered body for the retry.
+func (b *replayBody) reopen() (io.ReadCloser, func() (io.ReadCloser, error), int64) {
+	if b == nil {
+		return nil, nil, 0
 	}
 	get := func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b.buf)), nil }
 	r, _ := get()
 	return r, get, int64(len(b.buf))
 }
 
-// bufferBody reads a body of up to limit bytes so it can be replayed; a larger or unbounded
-// one streams unbuffered. A nil result means no body.
-func bufferBody(req *http.Request, limit int64) (*replayBody, bool, error) {
-	if req.Body == nil || req.Body == http.NoBody {
-		return nil, true, nil
+// bufferBody reads the inbound body of r, if it has one of up to limit bytes, so it can be
+// replayed, and points r at the buffered copy; a larger or unbounded one is left streaming
+// (what was read to find that out is put back in front). It modifies r, which must be the
+// handler's own shallow copy of the inbound request.
+func bufferBody(r *http.Request, limit int64) (*replayBody, error) {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		return nil, nil
 	}
-	if req.ContentLength > limit {
-		return &replayBody{stream: req.Body, length: req.ContentLength}, false, nil
+	if r.ContentLength > limit {
+		return &replayBody{streamed: true}, nil
 	}
-	n := req.ContentLength
+	n := r.ContentLength
 	if n < 0 {
 		n = 512
 	}
 	buf := bytes.NewBuffer(make([]byte, 0, n))
-	read, err := buf.ReadFrom(io.LimitReader(req.Body, limit+1))
+	read, err := buf.ReadFrom(io.LimitReader(r.Body, limit+1))
 	if err != nil {
-		closeBody(req)
-		return nil, false, &bodyError{err}
+		return nil, &bodyError{err}
 	}
 	if read > limit {
-		// Unbounded body over the limit: send what was read, then the rest, once.
-		return &replayBody{
-			stream: readCloser{io.MultiReader(bytes.NewReader(buf.Bytes()), req.Body), req.Body},
-			length: -1,
-		}, false, nil
+		r.Body = readCloser{io.MultiReader(bytes.NewReader(buf.Bytes()), r.Body), r.Body}
+		return &replayBody{streamed: true}, nil
 	}
-	closeBody(req)
-	return &replayBody{buf: buf.Bytes()}, true, nil
+	b := &replayBody{buf: buf.Bytes()}
+	r.Body, r.GetBody, r.ContentLength = b.reopen()
+	return b, nil
 }
 
 // bodyError is a failure to read the client's request body.
@@ -179,12 +168,6 @@ func (e *bodyError) Unwrap() error { return e.err }
 type readCloser struct {
 	io.Reader
 	io.Closer
-}
-
-func closeBody(req *http.Request) {
-	if req.Body != nil {
-		_ = req.Body.Close()
-	}
 }
 
 // drain reads a little of a discarded response so its connection can be reused, and closes it.
