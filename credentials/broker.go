@@ -85,6 +85,7 @@ type Broker struct {
 	cache   *lru.Cache[string, *entry]
 	tenants *lru.Cache[string, string]
 	gen     atomic.Uint64 // bumped on every store change notification
+	cacheMu sync.Mutex    // orders remember's check-then-add against invalidate
 	flights singleflight.Group
 
 	mu       sync.Mutex
@@ -199,6 +200,8 @@ func (b *Broker) Close() {
 
 // invalidate drops a company's cached credential when the store says it may have changed.
 func (b *Broker) invalidate(companyID string) {
+	b.cacheMu.Lock()
+	defer b.cacheMu.Unlock()
 	b.gen.Add(1)
 	if companyID == "" {
 		b.cache.Purge()
@@ -257,7 +260,10 @@ func (b *Broker) Authorize(ctx context.Context, companyID string) (Grant, error)
 	}
 	ne, err := b.refresh(ctx, companyID, TriggerExpiry, e.grant)
 	if err != nil {
-		if !errors.Is(err, ErrReauthorizationRequired) && !e.cred.AccessToken.IsZero() && !e.cred.Expired(b.now()) {
+		// Fall back only to a token known to be unexpired: one of unknown expiry (imported
+		// without expires_at) may well be expired, and an expired token is never sent.
+		if !errors.Is(err, ErrReauthorizationRequired) && !e.cred.AccessToken.IsZero() &&
+			!e.cred.ExpiresAt.IsZero() && !e.cred.Expired(b.now()) {
 			b.log.DebugContext(ctx, "refresh failed; using the unexpired token", "company_id", companyID, "error", err)
 			return e.grant, nil
 		}
@@ -336,11 +342,16 @@ func (b *Broker) lookup(ctx context.Context, companyID string) (*entry, error) {
 }
 
 // remember caches c unless a store change was announced since gen was read (c may be stale).
+// The check and the add happen under cacheMu, which invalidate holds too: otherwise a change
+// announced between them would be followed by the stale entry's add, and that entry would
+// stay cached (a replaced credential shadowed until evicted).
 func (b *Broker) remember(c Credential, gen uint64) *entry {
 	e := b.newEntry(c)
+	b.cacheMu.Lock()
 	if b.gen.Load() == gen {
 		b.cache.Add(c.CompanyID, e)
 	}
+	b.cacheMu.Unlock()
 	return e
 }
 

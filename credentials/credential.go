@@ -149,6 +149,9 @@ func (c Credential) String() string {
 // GoString shows metadata only, for %#v.
 func (c Credential) GoString() string { return c.String() }
 
+// Format shows metadata only, for every verb.
+func (c Credential) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(c.String())) }
+
 // ValidCompanyID reports whether id is a UUID in its canonical textual form
 // (8-4-4-4-12 hexadecimal digits, either case).
 func ValidCompanyID(id string) bool {

@@ -2,6 +2,7 @@ package credentials
 
 import (
 	"encoding/base64"
+	"fmt"
 	"log/slog"
 )
 
@@ -58,6 +59,9 @@ func (g Grant) String() string {
 
 // GoString shows metadata only.
 func (g Grant) GoString() string { return g.String() }
+
+// Format shows metadata only, for every verb (%d and %x included).
+func (g Grant) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(g.String())) }
 
 // LogValue shows metadata only.
 func (g Grant) LogValue() slog.Value {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"time"
@@ -17,23 +18,34 @@ import (
 // from the caller's cancellation and bounded by TokenTimeout; a caller that gives up stops
 // waiting, the others keep theirs.
 func (b *Broker) refresh(ctx context.Context, companyID, trigger string, stale Grant) (*entry, error) {
-	queued := b.now()
-	ch := b.flights.DoChan(companyID, func() (any, error) {
-		b.metrics.RefreshLockWait(b.now().Sub(queued))
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.tokenTimeout)
-		defer cancel()
-		return b.refreshLocked(rctx, companyID, trigger, stale)
-	})
-	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return nil, r.Err
+	for {
+		queued := b.now()
+		ch := b.flights.DoChan(companyID, func() (any, error) {
+			b.metrics.RefreshLockWait(b.now().Sub(queued))
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.tokenTimeout)
+			defer cancel()
+			return b.refreshLocked(rctx, companyID, trigger, stale)
+		})
+		select {
+		case r := <-ch:
+			if _, ok := r.Val.(writeAttempt); ok {
+				// This call joined a background write retry, which shares the company's
+				// flight key so that it never overlaps a refresh: its outcome is no answer
+				// to a refresh. It has finished now; run one of our own.
+				continue
+			}
+			if r.Err != nil {
+				return nil, r.Err
+			}
+			return r.Val.(*entry), nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
 		}
-		return r.Val.(*entry), nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
 	}
 }
+
+// writeAttempt is the result of a background write retry's flight (see retryWrite).
+type writeAttempt struct{ err error }
 
 // current reads the authoritative credential for a refresh decision: a pending pair first,
 // then the store (not the cache, which may lag behind another process). stored is the refresh
@@ -104,8 +116,14 @@ func (b *Broker) refreshLocked(ctx context.Context, companyID, trigger string, s
 	next := cur
 	next.AccessToken = Secret(tok.AccessToken)
 	next.RefreshToken = Secret(tok.RefreshToken) // x/oauth2 keeps the current one when none came back
-	next.ExpiresAt = tok.Expiry
-	if next.ExpiresAt.IsZero() {
+	switch {
+	case tok.ExpiresIn > 0:
+		// On the broker's clock, counted from before the request: x/oauth2 computes Expiry
+		// with time.Now, which an injected clock does not move.
+		next.ExpiresAt = start.Add(time.Duration(tok.ExpiresIn) * time.Second)
+	case !tok.Expiry.IsZero():
+		next.ExpiresAt = tok.Expiry
+	default:
 		next.ExpiresAt = received.Add(defaultAccessTTL)
 	}
 	next.LastRefreshedAt = received
@@ -132,15 +150,32 @@ func (b *Broker) refreshLocked(ctx context.Context, companyID, trigger string, s
 	return b.remember(saved, gen), nil
 }
 
-// refreshFailed classifies a token endpoint failure. A 4xx other than 408 and 429 is
-// terminal: the credential is marked reauthorization_required and the endpoint is not asked
-// again until the credential changes. Anything else backs off.
+// terminalRefreshError reports whether the token endpoint rejected the refresh token itself:
+// a 4xx other than 408 and 429, except the client errors (invalid_client,
+// unauthorized_client), which mean our OAuth client is misconfigured — the refresh token was
+// not consumed, so marking every company for reconnection would be wrong; those back off and
+// are logged as errors instead.
+func terminalRefreshError(err error, re **oauth2.RetrieveError) bool {
+	if !errors.As(err, re) || (*re).Response == nil {
+		return false
+	}
+	status := (*re).Response.StatusCode
+	if status < 400 || status >= 500 || status == http.StatusRequestTimeout || status == http.StatusTooManyRequests {
+		return false
+	}
+	switch (*re).ErrorCode {
+	case "invalid_client", "unauthorized_client":
+		return false
+	}
+	return true
+}
+
+// refreshFailed classifies a token endpoint failure: a terminal one (terminalRefreshError)
+// marks the credential reauthorization_required, and the endpoint is not asked again until the
+// credential changes; anything else backs off per company.
 func (b *Broker) refreshFailed(ctx context.Context, cur Credential, trigger string, err error, gen uint64, took time.Duration) error {
 	var re *oauth2.RetrieveError
-	terminal := errors.As(err, &re) && re.Response != nil &&
-		re.Response.StatusCode >= 400 && re.Response.StatusCode < 500 &&
-		re.Response.StatusCode != http.StatusRequestTimeout && re.Response.StatusCode != http.StatusTooManyRequests
-	if terminal {
+	if terminalRefreshError(err, &re) {
 		code := re.ErrorCode
 		if code == "" {
 			code = fmt.Sprintf("HTTP %d", re.Response.StatusCode)
@@ -149,6 +184,9 @@ func (b *Broker) refreshFailed(ctx context.Context, cur Credential, trigger stri
 		b.log.WarnContext(ctx, "refresh token rejected: the company must reconnect", "company_id", cur.CompanyID, "error_code", code)
 		b.mu.Lock()
 		b.rejected[cur.CompanyID] = tokenHash(cur.RefreshToken)
+		// A pending pair whose refresh token was just rejected is dead: its write retry must
+		// not later store it over the reauthorization_required mark as if it were active.
+		delete(b.pending, cur.CompanyID)
 		b.mu.Unlock()
 		marked := cur
 		marked.State = StateReauthorizationRequired
@@ -175,7 +213,12 @@ func (b *Broker) refreshFailed(ctx context.Context, cur Credential, trigger stri
 	if re != nil && re.Response != nil {
 		msg = fmt.Sprintf("token endpoint answered HTTP %d %s", re.Response.StatusCode, re.ErrorCode)
 	}
-	b.log.WarnContext(ctx, "token refresh failed; backing off", "company_id", cur.CompanyID, "trigger", trigger,
+	level := slog.LevelWarn
+	if re != nil && (re.ErrorCode == "invalid_client" || re.ErrorCode == "unauthorized_client") {
+		level = slog.LevelError
+		msg += " (check PLEO_PROXY_OAUTH_CLIENT_ID and PLEO_PROXY_OAUTH_CLIENT_SECRET)"
+	}
+	b.log.Log(ctx, level, "token refresh failed; backing off", "company_id", cur.CompanyID, "trigger", trigger,
 		"failures", bo.failures, "retry_in", wait, "error", msg)
 	return fmt.Errorf("%w: company %s: %s", ErrTokenEndpoint, cur.CompanyID, msg)
 }
@@ -233,65 +276,78 @@ func (b *Broker) keepPending(next Credential, stored Secret, cause error) {
 
 func (b *Broker) retryWrite(companyID string) {
 	defer b.wg.Done()
-	defer func() {
-		b.mu.Lock()
-		delete(b.writers, companyID)
-		n := len(b.pending)
-		b.mu.Unlock()
-		b.metrics.SetPendingTokenWrites(n)
-	}()
 	wait := 100 * time.Millisecond
 	for {
 		select {
 		case <-b.stopCtx.Done():
+			b.mu.Lock()
+			delete(b.writers, companyID)
+			b.mu.Unlock()
 			return
 		case <-time.After(wait):
 		}
 		wait = min(wait*2, 30*time.Second)
 		// Serialise with refreshes of the same company, so a refresh never reads a pair that
-		// this write is about to replace.
-		_, err, _ := b.flights.Do(companyID, func() (any, error) {
-			b.mu.Lock()
-			p, ok := b.pending[companyID]
-			b.mu.Unlock()
-			if !ok {
-				return nil, nil
-			}
-			ctx, cancel := context.WithTimeout(b.stopCtx, b.tokenTimeout)
-			defer cancel()
-			stored, err := b.store.Get(ctx, companyID)
-			if err != nil {
-				return nil, err
-			}
-			if stored.RefreshToken != p.stored && stored.RefreshToken != p.next.RefreshToken {
-				// Another writer stored a different credential (reconnect or import) since: it wins.
-				b.mu.Lock()
-				delete(b.pending, companyID)
-				b.mu.Unlock()
-				b.invalidate(companyID)
-				return nil, nil
-			}
-			next := p.next
-			next.Version = stored.Version
-			next.TenantID = stored.TenantID
-			saved, err := b.store.Update(ctx, next)
-			if err != nil {
-				return nil, err
-			}
-			b.mu.Lock()
-			delete(b.pending, companyID)
-			b.mu.Unlock()
-			b.cache.Add(companyID, b.newEntry(saved))
-			b.log.Info("rotated refresh token persisted after retry", "company_id", companyID)
-			return nil, nil
+		// this write is about to replace. The flight's value is a writeAttempt, never an
+		// error, so that a refresh joining it can tell it from a refresh (and retry); this
+		// call may in turn join a refresh, whose outcome it ignores.
+		v, _, _ := b.flights.Do(companyID, func() (any, error) {
+			return writeAttempt{b.writePending(companyID)}, nil
 		})
-		if err == nil {
-			b.mu.Lock()
-			_, still := b.pending[companyID]
-			b.mu.Unlock()
-			if !still {
-				return
-			}
+		if w, ok := v.(writeAttempt); ok && w.err != nil {
+			b.log.Warn("retrying the write of a rotated refresh token failed", "company_id", companyID, "error", w.err)
+		}
+		// Decide to stop in the same critical section that sees no pending pair, so that a
+		// keepPending racing with this exit either finds the writer still registered (and
+		// this loop goes on) or starts a new one.
+		b.mu.Lock()
+		_, still := b.pending[companyID]
+		if !still {
+			delete(b.writers, companyID)
+		}
+		n := len(b.pending)
+		b.mu.Unlock()
+		b.metrics.SetPendingTokenWrites(n)
+		if !still {
+			return
 		}
 	}
+}
+
+// writePending tries once to store the company's pending pair; it runs inside the company's
+// flight.
+func (b *Broker) writePending(companyID string) error {
+	b.mu.Lock()
+	p, ok := b.pending[companyID]
+	b.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(b.stopCtx, b.tokenTimeout)
+	defer cancel()
+	stored, err := b.store.Get(ctx, companyID)
+	if err != nil {
+		return err
+	}
+	if stored.RefreshToken != p.stored && stored.RefreshToken != p.next.RefreshToken {
+		// Another writer stored a different credential (reconnect or import) since: it wins.
+		b.mu.Lock()
+		delete(b.pending, companyID)
+		b.mu.Unlock()
+		b.invalidate(companyID)
+		return nil
+	}
+	next := p.next
+	next.Version = stored.Version
+	next.TenantID = stored.TenantID
+	saved, err := b.store.Update(ctx, next)
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	delete(b.pending, companyID)
+	b.mu.Unlock()
+	b.cache.Add(companyID, b.newEntry(saved))
+	b.log.Info("rotated refresh token persisted after retry", "company_id", companyID)
+	return nil
 }

@@ -129,6 +129,10 @@ func New(opts Options) (*Handler, error) {
 	return h, nil
 }
 
+// statusClientClosed is logged and counted for a caller that went away before its answer
+// (nginx's 499); nothing is written.
+const statusClientClosed = 499
+
 // requestState travels in the request's context from ServeHTTP to the transport and back.
 type requestState struct {
 	companyID      string
@@ -204,6 +208,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.companyID = company
 	grant, err := h.auth.Authorize(r.Context(), company)
 	if err != nil {
+		if r.Context().Err() != nil {
+			rw.status = statusClientClosed // gave up waiting (for a refresh): nobody to answer
+			return
+		}
 		h.writeProblem(rw, st, problemFor(err, company))
 		return
 	}
@@ -253,7 +261,7 @@ func (h *Handler) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	if r.Context().Err() != nil && errors.Is(err, context.Canceled) {
 		// The caller went away: not an upstream failure, and nobody to answer.
 		if rw, ok := w.(*recorder); ok {
-			rw.status = 499
+			rw.status = statusClientClosed
 		}
 		return
 	}
