@@ -132,6 +132,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		KeepaliveInterval: cfg.KeepaliveInterval,
 		Logger:            log,
 		Metrics:           m,
+		Secrets:           secrets,
 	})
 	if err != nil {
 		return err

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/metrics"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/redact"
 )
 
 // Refresh triggers, as the token refresh metric labels them.
@@ -63,6 +64,9 @@ type BrokerOptions struct {
 	Logger *slog.Logger
 	// Metrics records cache and refresh metrics (nil: none).
 	Metrics *metrics.Metrics
+	// Secrets, when set, learns every token and key the broker loads or obtains, so the log
+	// handler can redact them by value (nil: none).
+	Secrets *redact.Set
 }
 
 // Broker turns a company id into a ready-to-send Grant. It caches credentials in an LRU in
@@ -81,6 +85,7 @@ type Broker struct {
 	now           func() time.Time
 	log           *slog.Logger
 	metrics       *metrics.Metrics
+	secrets       *redact.Set
 
 	cache   *lru.Cache[string, *entry]
 	tenants *lru.Cache[string, string]
@@ -170,6 +175,7 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 		now:           opts.Now,
 		log:           opts.Logger,
 		metrics:       opts.Metrics,
+		secrets:       opts.Secrets,
 		cache:         cache,
 		tenants:       tenants,
 		pending:       make(map[string]pendingPair),
@@ -356,6 +362,7 @@ func (b *Broker) remember(c Credential, gen uint64) *entry {
 }
 
 func (b *Broker) newEntry(c Credential) *entry {
+	b.secrets.Add(c.AccessToken.Reveal(), c.RefreshToken.Reveal(), c.APIKey.Reveal())
 	e := &entry{cred: c, grant: NewGrant(c)}
 	if c.Type == OAuth2 && !c.ExpiresAt.IsZero() {
 		// Jitter of up to a quarter of RefreshBefore, fixed per company, so a fleet does not
