@@ -108,6 +108,7 @@ func (b *Broker) refreshLocked(ctx context.Context, companyID, trigger string, s
 	tok, err := b.oauth.TokenSource(context.WithValue(ctx, oauth2.HTTPClient, b.httpClient),
 		&oauth2.Token{RefreshToken: cur.RefreshToken.Reveal()}).Token()
 	received := b.now()
+	arrived := time.Now() // monotonic, for the crash window; the injected clock may stand still
 	took := received.Sub(start)
 	if err != nil {
 		return nil, b.refreshFailed(ctx, cur, trigger, err, gen, took)
@@ -133,6 +134,7 @@ func (b *Broker) refreshLocked(ctx context.Context, companyID, trigger string, s
 		b.metrics.TokenAgeAtRefresh(received.Sub(cur.LastRefreshedAt))
 	}
 	saved, err := b.persist(ctx, stored, cur.RefreshToken, next)
+	window := time.Since(arrived)
 	b.metrics.TokenRefresh(trigger, metrics.RefreshSuccess, took)
 	b.mu.Lock()
 	delete(b.backoff, companyID)
@@ -145,8 +147,9 @@ func (b *Broker) refreshLocked(ctx context.Context, companyID, trigger string, s
 		b.keepPending(next, stored, err)
 		return b.newEntry(next), nil
 	}
+	b.metrics.TokenCommitWindow(window)
 	b.log.DebugContext(ctx, "token refreshed", "company_id", companyID, "trigger", trigger,
-		"expires_at", saved.ExpiresAt, "commit_seconds", b.now().Sub(received).Seconds())
+		"expires_at", saved.ExpiresAt, "commit_window", window)
 	return b.remember(saved, gen), nil
 }
 

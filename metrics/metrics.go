@@ -31,6 +31,7 @@ const (
 	nameCredentials           = namespace + "_credentials"
 	nameErrors                = namespace + "_errors_total"
 	nameRefreshLockWait       = namespace + "_refresh_lock_wait_seconds"
+	nameTokenCommitWindow     = namespace + "_token_commit_window_seconds"
 	nameTokenAgeAtRefresh     = namespace + "_token_age_at_refresh_seconds"
 	nameCredentialsExpiring   = namespace + "_credentials_expiring"
 	nameStoreOperationSeconds = namespace + "_store_operation_duration_seconds"
@@ -47,6 +48,10 @@ var durationBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .2
 
 // tokenAgeBuckets suit the age of a token being replaced: a second to 30 days, with the
 // usual access-token lifetimes (an hour) and the keep-alive interval (a day) as bounds.
+// commitBuckets resolve the crash window of a token commit, an fsync or a database commit: 50 µs
+// to 5 s.
+var commitBuckets = []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5}
+
 var tokenAgeBuckets = []float64{1, 10, 30, 60, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400, 172800, 604800, 2592000}
 
 // ExpiringWithin is how close to its expires_at an API key is counted by
@@ -66,6 +71,7 @@ type Metrics struct {
 	credentials          *prometheus.GaugeVec
 	errors               *prometheus.CounterVec
 	refreshLockWait      prometheus.Histogram
+	tokenCommitWindow    prometheus.Histogram
 	tokenAgeAtRefresh    prometheus.Histogram
 	credentialsExpiring  *prometheus.GaugeVec
 	storeDuration        *prometheus.HistogramVec
@@ -176,6 +182,11 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help:    "Time spent waiting for a company's refresh lock (another request or replica refreshing the same credential).",
 			Buckets: durationBuckets,
 		}),
+		tokenCommitWindow: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    nameTokenCommitWindow,
+			Help:    "Time from receiving a token endpoint's answer to the rotated pair being durable in the store: the only window in which a crash can lose a refresh token.",
+			Buckets: commitBuckets,
+		}),
 		tokenAgeAtRefresh: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    nameTokenAgeAtRefresh,
 			Help:    "Age of the OAuth token being replaced when a refresh succeeds.",
@@ -255,7 +266,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		reg.MustRegister(
 			m.requests, m.requestDuration, m.upstreamRequests, m.authRetries,
 			m.tokenRefreshes, m.tokenRefreshDuration, m.cacheLookups, m.credentials,
-			m.errors, m.refreshLockWait, m.tokenAgeAtRefresh, m.credentialsExpiring,
+			m.errors, m.refreshLockWait, m.tokenCommitWindow, m.tokenAgeAtRefresh, m.credentialsExpiring,
 			m.storeDuration, m.storeErrors, m.storeReloadFailures, m.pendingTokenWrites,
 			m.inFlight, m.connects, m.connectFailures,
 		)
@@ -372,6 +383,15 @@ func (m *Metrics) TokenAgeAtRefresh(age time.Duration) {
 		return
 	}
 	m.tokenAgeAtRefresh.Observe(age.Seconds())
+}
+
+// TokenCommitWindow records, in pleo_proxy_token_commit_window_seconds, the time from a token
+// endpoint's answer to the durable commit of the rotated pair.
+func (m *Metrics) TokenCommitWindow(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.tokenCommitWindow.Observe(d.Seconds())
 }
 
 // RefreshLockWait records, in pleo_proxy_refresh_lock_wait_seconds, the time spent waiting for

@@ -22,6 +22,7 @@ func touchAll(m *Metrics) {
 	m.SetCredentialCounts(map[CredentialKey]int{{CredentialOAuth2, StateActive}: 2})
 	m.Error("company_unknown")
 	m.RefreshLockWait(time.Millisecond)
+	m.TokenCommitWindow(300 * time.Microsecond)
 	m.TokenAgeAtRefresh(time.Hour)
 	m.SetExpiringCredentials(map[string]int{CredentialStandaloneAPIKey: 1})
 	m.StoreOperation(StoreGet, 2*time.Millisecond, nil)
@@ -205,6 +206,25 @@ pleo_proxy_token_age_at_refresh_seconds_bucket{le="2.592e+06"} 1
 pleo_proxy_token_age_at_refresh_seconds_bucket{le="+Inf"} 1
 pleo_proxy_token_age_at_refresh_seconds_sum 3600
 pleo_proxy_token_age_at_refresh_seconds_count 1
+# TYPE pleo_proxy_token_commit_window_seconds histogram
+pleo_proxy_token_commit_window_seconds_bucket{le="5e-05"} 0
+pleo_proxy_token_commit_window_seconds_bucket{le="0.0001"} 0
+pleo_proxy_token_commit_window_seconds_bucket{le="0.00025"} 0
+pleo_proxy_token_commit_window_seconds_bucket{le="0.0005"} 1
+pleo_proxy_token_commit_window_seconds_bucket{le="0.001"} 1
+pleo_proxy_token_commit_window_seconds_bucket{le="0.0025"} 1
+pleo_proxy_token_commit_window_seconds_bucket{le="0.005"} 1
+pleo_proxy_token_commit_window_seconds_bucket{le="0.01"} 1
+pleo_proxy_token_commit_window_seconds_bucket{le="0.025"} 1
+pleo_proxy_token_commit_window_seconds_bucket{le="0.05"} 1
+pleo_proxy_token_commit_window_seconds_bucket{le="0.1"} 1
+pleo_proxy_token_commit_window_seconds_bucket{le="0.25"} 1
+pleo_proxy_token_commit_window_seconds_bucket{le="0.5"} 1
+pleo_proxy_token_commit_window_seconds_bucket{le="1"} 1
+pleo_proxy_token_commit_window_seconds_bucket{le="5"} 1
+pleo_proxy_token_commit_window_seconds_bucket{le="+Inf"} 1
+pleo_proxy_token_commit_window_seconds_sum 0.0003
+pleo_proxy_token_commit_window_seconds_count 1
 # TYPE pleo_proxy_token_refresh_duration_seconds histogram
 pleo_proxy_token_refresh_duration_seconds_bucket{le="0.0005"} 0
 pleo_proxy_token_refresh_duration_seconds_bucket{le="0.001"} 0
@@ -260,8 +280,8 @@ func TestLintAndHelp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(mfs) != 19 {
-		t.Errorf("gathered %d metric families, want 19", len(mfs))
+	if len(mfs) != 20 {
+		t.Errorf("gathered %d metric families, want 20", len(mfs))
 	}
 	for _, mf := range mfs {
 		if !strings.HasPrefix(mf.GetName(), "pleo_proxy_") {
@@ -302,6 +322,7 @@ func TestContract(t *testing.T) {
 		"pleo_proxy_errors_total":                   "counter code",
 		// Operational extras.
 		"pleo_proxy_refresh_lock_wait_seconds":        "histogram ",
+		"pleo_proxy_token_commit_window_seconds":      "histogram ",
 		"pleo_proxy_token_age_at_refresh_seconds":     "histogram ",
 		"pleo_proxy_credentials_expiring":             "gauge type",
 		"pleo_proxy_store_operation_duration_seconds": "histogram operation",
@@ -462,12 +483,14 @@ func TestHistogramsObserve(t *testing.T) {
 	m.ObserveRequest("GET", 200, CredentialIntegratedAPIKey, 20*time.Millisecond)
 	m.TokenRefresh(TriggerExpiry, RefreshSuccess, time.Second)
 	m.RefreshLockWait(time.Second)
+	m.TokenCommitWindow(time.Millisecond)
 	m.TokenAgeAtRefresh(24 * time.Hour)
 	m.StoreOperation(StoreList, time.Second, nil)
 	for name, want := range map[string]uint64{
 		"pleo_proxy_request_duration_seconds":         2,
 		"pleo_proxy_token_refresh_duration_seconds":   1,
 		"pleo_proxy_refresh_lock_wait_seconds":        1,
+		"pleo_proxy_token_commit_window_seconds":      1,
 		"pleo_proxy_token_age_at_refresh_seconds":     1,
 		"pleo_proxy_store_operation_duration_seconds": 1,
 	} {
