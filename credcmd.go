@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,93 +9,342 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/config"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
 )
 
-// credentialsCommand runs `credentials import|list|delete` against the configured store.
+// Usage lines of the credentials subcommands.
+const (
+	usageImport    = "usage: credentials import [--env-file PATH] [--replace] FILE|-"
+	usageList      = "usage: credentials list [--env-file PATH] [--json]"
+	usageDelete    = "usage: credentials delete [--env-file PATH] COMPANY_ID"
+	usagePut       = "usage: credentials put [--env-file PATH] --company ID --type standalone_api_key|integrated_api_key [--tenant T] [--expires-at RFC3339] [--key-file PATH] (the key comes from --key-file or standard input, never from the command line)"
+	usageRotateKey = "usage: credentials rotate-key [--env-file PATH]"
+	subcommands    = "import, list, delete, put or rotate-key"
+)
+
+// maxKeyBytes bounds an API key read by put; maxImportBytes an import document.
+const (
+	maxKeyBytes    = 64 << 10
+	maxImportBytes = 256 << 20
+)
+
+// credentialsCommand runs `credentials import|list|delete|put|rotate-key` against the
+// configured store. A usageError (exit 2) is a bad command line; any other error exits 1.
 func credentialsCommand(ctx context.Context, args, environ []string, stdin io.Reader, stdout io.Writer) error {
 	if len(args) == 0 {
-		return usageError{"credentials needs a subcommand: import, list or delete"}
+		return usageError{"credentials needs a subcommand: " + subcommands}
 	}
 	sub, rest := args[0], args[1:]
-	fs := flag.NewFlagSet("credentials "+sub, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	envFile := fs.String("env-file", "", "load a dotenv file first")
-	replace := fs.Bool("replace", false, "import: replace the whole store")
-	asJSON := fs.Bool("json", false, "list: print JSON")
-	if err := fs.Parse(rest); err != nil {
-		return usageError{err.Error()}
+	c := credCmd{ctx: ctx, environ: environ, stdin: stdin, stdout: stdout}
+	switch sub {
+	case "import":
+		return c.importCmd(rest)
+	case "list":
+		return c.list(rest)
+	case "delete":
+		return c.delete(rest)
+	case "put":
+		return c.put(rest)
+	case "rotate-key":
+		return c.rotateKey(rest)
+	default:
+		return usageError{fmt.Sprintf("unknown credentials subcommand %q (%s)", sub, subcommands)}
 	}
-	cfg, err := loadConfig(environ, *envFile, nil)
+}
+
+type credCmd struct {
+	ctx     context.Context
+	environ []string
+	stdin   io.Reader
+	stdout  io.Writer
+	envFile string
+	cfg     *config.Config
+}
+
+// flags returns a flag set with the common --env-file.
+func (c *credCmd) flags(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet("credentials "+name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&c.envFile, "env-file", "", "load a dotenv file first")
+	return fs
+}
+
+// parse parses the command line; -h prints usage and ends the command successfully.
+func (c *credCmd) parse(fs *flag.FlagSet, args []string, usage string) (help bool, err error) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(c.stdout, usage)
+			return true, nil
+		}
+		return false, usageError{err.Error() + "\n" + usage}
+	}
+	return false, nil
+}
+
+// config loads the configuration (once).
+func (c *credCmd) config() (*config.Config, error) {
+	if c.cfg == nil {
+		cfg, err := loadConfig(c.environ, c.envFile, nil)
+		if err != nil {
+			return nil, err
+		}
+		c.cfg = cfg
+	}
+	return c.cfg, nil
+}
+
+// open loads the configuration and opens the configured store, encrypted when a key is set.
+func (c *credCmd) open() (credentials.Store, error) {
+	cfg, err := c.config()
+	if err != nil {
+		return nil, err
+	}
+	sealer, err := newSealer(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return credentials.Open(cfg.Store, credentials.OpenOptions{PollInterval: time.Hour, Sealer: sealer})
+}
+
+// newSealer returns the Sealer for PLEO_PROXY_ENCRYPTION_KEY, or nil when no key is set.
+func newSealer(cfg *config.Config) (*credentials.Sealer, error) {
+	if len(cfg.EncryptionKeys) == 0 {
+		return nil, nil
+	}
+	s, err := credentials.NewSealer(cfg.EncryptionKeys)
+	if err != nil {
+		return nil, fmt.Errorf("PLEO_PROXY_ENCRYPTION_KEY: %w", err)
+	}
+	return s, nil
+}
+
+func (c *credCmd) importCmd(args []string) error {
+	fs := c.flags("import")
+	replace := fs.Bool("replace", false, "replace the whole store")
+	if help, err := c.parse(fs, args, usageImport); help || err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usageError{usageImport}
+	}
+	var in io.Reader = c.stdin
+	if name := fs.Arg(0); name != "-" {
+		f, err := os.Open(name)
+		if err != nil {
+			return fmt.Errorf("import: nothing written: %w", err)
+		}
+		defer f.Close()
+		in = f
+	}
+	data, err := io.ReadAll(io.LimitReader(in, maxImportBytes+1))
+	if err != nil {
+		return fmt.Errorf("import: nothing written: %w", err)
+	}
+	if len(data) > maxImportBytes {
+		return fmt.Errorf("import: nothing written: the document is larger than %d MiB", maxImportBytes>>20)
+	}
+	creds, err := credentials.Parse(bytes.NewReader(data))
+	if err != nil {
+		var peek struct {
+			Encryption json.RawMessage `json:"encryption"`
+		}
+		if json.Unmarshal(data, &peek) == nil && peek.Encryption != nil {
+			return errors.New("import: nothing written: this is an encrypted store file; import takes the plain format (interface.md section 4)")
+		}
+		return fmt.Errorf("import: nothing written: %w", err)
+	}
+	store, err := c.open()
 	if err != nil {
 		return err
 	}
-	open := func() (credentials.Store, error) {
-		return credentials.Open(cfg.Store, credentials.OpenOptions{PollInterval: time.Hour})
+	defer store.Close()
+	if err := store.PutAll(c.ctx, creds, *replace); err != nil {
+		return fmt.Errorf("import: nothing written: %w", err)
 	}
-	switch sub {
-	case "import":
-		if fs.NArg() != 1 {
-			return usageError{"usage: credentials import [--replace] FILE|-"}
-		}
-		var in io.Reader = stdin
-		if name := fs.Arg(0); name != "-" {
-			f, err := os.Open(name)
-			if err != nil {
-				return fmt.Errorf("import: %w", err)
-			}
-			defer f.Close()
-			in = f
-		}
-		creds, err := credentials.Parse(in)
-		if err != nil {
-			return fmt.Errorf("import: nothing written: %w", err)
-		}
-		store, err := open()
-		if err != nil {
-			return err
-		}
-		defer store.Close()
-		if err := store.PutAll(ctx, creds, *replace); err != nil {
-			return fmt.Errorf("import: nothing written: %w", err)
-		}
-		fmt.Fprintf(stdout, "imported %d credential(s)\n", len(creds))
-		return nil
-	case "list":
-		store, err := open()
-		if err != nil {
-			return err
-		}
-		defer store.Close()
-		list, err := store.List(ctx)
-		if err != nil {
-			return err
-		}
-		return printCredentials(stdout, list, *asJSON)
-	case "delete":
-		if fs.NArg() != 1 || !credentials.ValidCompanyID(fs.Arg(0)) {
-			return usageError{"usage: credentials delete COMPANY_ID (a UUID)"}
-		}
-		store, err := open()
-		if err != nil {
-			return err
-		}
-		defer store.Close()
-		id := credentials.CanonicalCompanyID(fs.Arg(0))
-		if err := store.Delete(ctx, id); err != nil {
-			if errors.Is(err, credentials.ErrNotFound) {
-				return fmt.Errorf("delete: no credential for company %s", id)
-			}
-			return err
-		}
-		fmt.Fprintf(stdout, "deleted %s\n", id)
-		return nil
-	default:
-		return usageError{fmt.Sprintf("unknown credentials subcommand %q (import, list, delete)", sub)}
+	fmt.Fprintf(c.stdout, "imported %d credential(s)\n", len(creds))
+	return nil
+}
+
+func (c *credCmd) list(args []string) error {
+	fs := c.flags("list")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if help, err := c.parse(fs, args, usageList); help || err != nil {
+		return err
 	}
+	if fs.NArg() != 0 {
+		return usageError{usageList}
+	}
+	store, err := c.open()
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	list, err := store.List(c.ctx)
+	if err != nil {
+		return err
+	}
+	return printCredentials(c.stdout, list, *asJSON)
+}
+
+func (c *credCmd) delete(args []string) error {
+	fs := c.flags("delete")
+	if help, err := c.parse(fs, args, usageDelete); help || err != nil {
+		return err
+	}
+	if fs.NArg() != 1 || !credentials.ValidCompanyID(fs.Arg(0)) {
+		return usageError{usageDelete + " (a UUID)"}
+	}
+	store, err := c.open()
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	id := credentials.CanonicalCompanyID(fs.Arg(0))
+	if err := store.Delete(c.ctx, id); err != nil {
+		if errors.Is(err, credentials.ErrNotFound) {
+			return fmt.Errorf("delete: no credential for company %s", id)
+		}
+		return err
+	}
+	fmt.Fprintf(c.stdout, "deleted %s\n", id)
+	return nil
+}
+
+// put stores one API key credential. The key is never taken from the command line, where
+// ps, /proc and shell history would show it.
+func (c *credCmd) put(args []string) error {
+	fs := c.flags("put")
+	company := fs.String("company", "", "the Pleo company id (a UUID)")
+	typ := fs.String("type", "", "standalone_api_key or integrated_api_key")
+	tenant := fs.String("tenant", "", "the tenant id of the external system (optional)")
+	expiresAt := fs.String("expires-at", "", "when the key expires, RFC 3339 (optional)")
+	keyFile := fs.String("key-file", "", "read the key from this file instead of standard input")
+	if help, err := c.parse(fs, args, usagePut); help || err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		// Never echo the arguments: they may be the key itself.
+		return usageError{fmt.Sprintf("put takes no arguments (got %d): the key is read from --key-file or standard input, never from the command line\n%s", fs.NArg(), usagePut)}
+	}
+	if !credentials.ValidCompanyID(*company) {
+		return usageError{"put: --company must be a company id (a UUID)\n" + usagePut}
+	}
+	cred := credentials.Credential{
+		CompanyID: credentials.CanonicalCompanyID(*company),
+		TenantID:  *tenant,
+		Type:      credentials.Type(*typ),
+	}
+	if !cred.Type.IsAPIKey() {
+		msg := fmt.Sprintf("put: --type must be standalone_api_key or integrated_api_key, not %q", *typ)
+		if cred.Type == credentials.OAuth2 {
+			msg += " (OAuth credentials come from credentials import or the consent flow)"
+		}
+		return usageError{msg + "\n" + usagePut}
+	}
+	if *expiresAt != "" {
+		t, err := time.Parse(time.RFC3339, *expiresAt)
+		if err != nil {
+			return usageError{fmt.Sprintf("put: --expires-at %q is not an RFC 3339 time such as 2027-01-01T00:00:00Z", *expiresAt)}
+		}
+		if !t.After(time.Now()) {
+			return usageError{fmt.Sprintf("put: --expires-at %s is not in the future", *expiresAt)}
+		}
+		cred.ExpiresAt = t.UTC()
+	}
+	key, err := c.readKey(*keyFile)
+	if err != nil {
+		return err
+	}
+	cred.APIKey = credentials.Secret(key)
+	if err := cred.Validate(); err != nil {
+		return fmt.Errorf("put: nothing written: %w", err)
+	}
+	store, err := c.open()
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	if err := store.PutAll(c.ctx, []credentials.Credential{cred}, false); err != nil {
+		return fmt.Errorf("put: nothing written: %w", err)
+	}
+	fmt.Fprintf(c.stdout, "stored a %s for company %s\n", cred.Type, cred.CompanyID)
+	return nil
+}
+
+// readKey reads the API key from path, or from standard input when path is empty, trimming
+// surrounding white space (a trailing newline, typically).
+func (c *credCmd) readKey(path string) (string, error) {
+	in, from := c.stdin, "standard input"
+	if path != "" {
+		f, err := os.Open(path)
+		if err != nil {
+			return "", fmt.Errorf("put: nothing written: --key-file: %w", err)
+		}
+		defer f.Close()
+		in, from = f, path
+	}
+	if in == nil {
+		in = strings.NewReader("")
+	}
+	data, err := io.ReadAll(io.LimitReader(in, maxKeyBytes+1))
+	if err != nil {
+		return "", fmt.Errorf("put: nothing written: reading the key from %s: %w", from, err)
+	}
+	if len(data) > maxKeyBytes {
+		return "", fmt.Errorf("put: nothing written: %s holds more than %d KiB, not an API key", from, maxKeyBytes>>10)
+	}
+	key := strings.TrimSpace(string(data))
+	if key == "" {
+		return "", fmt.Errorf("put: nothing written: no key on %s (pipe it in, or name a file with --key-file)", from)
+	}
+	return key, nil
+}
+
+// rotateKey re-seals every stored secret with the newest PLEO_PROXY_ENCRYPTION_KEY.
+func (c *credCmd) rotateKey(args []string) error {
+	fs := c.flags("rotate-key")
+	if help, err := c.parse(fs, args, usageRotateKey); help || err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usageError{usageRotateKey}
+	}
+	cfg, err := c.config()
+	if err != nil {
+		return err
+	}
+	if len(cfg.EncryptionKeys) == 0 {
+		return errors.New("rotate-key: no encryption key is configured: set PLEO_PROXY_ENCRYPTION_KEY (or _FILE) to NEW,OLD, newest first")
+	}
+	store, err := c.open()
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	rotator, ok := store.(credentials.KeyRotator)
+	if !ok {
+		return fmt.Errorf("rotate-key: the store %s does not encrypt credentials", c.cfg.RedactedStore())
+	}
+	n, err := rotator.RotateKey(c.ctx)
+	if err != nil {
+		return fmt.Errorf("rotate-key: %w", err)
+	}
+	newest := credentials.KeyID(c.cfg.EncryptionKeys[0])
+	fmt.Fprintf(c.stdout, "re-encrypted %d credential(s) with key %s\n", n, newest)
+	if len(c.cfg.EncryptionKeys) > 1 {
+		old := make([]string, 0, len(c.cfg.EncryptionKeys)-1)
+		for _, k := range c.cfg.EncryptionKeys[1:] {
+			old = append(old, credentials.KeyID(k))
+		}
+		fmt.Fprintf(c.stdout, "no stored value needs key %s any more; remove it from PLEO_PROXY_ENCRYPTION_KEY once every process uses key %s\n",
+			strings.Join(old, ", "), newest)
+	}
+	return nil
 }
 
 // listed is what `credentials list` prints of one credential: never a secret.

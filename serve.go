@@ -108,7 +108,16 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 
 	reg := metrics.NewRegistry()
 	m := metrics.New(reg)
-	rawStore, err := credentials.Open(cfg.Store, credentials.OpenOptions{PollInterval: cfg.StorePollInterval, Logger: log})
+	sealer, err := newSealer(cfg)
+	if err != nil {
+		return err
+	}
+	rawStore, err := credentials.Open(cfg.Store, credentials.OpenOptions{
+		PollInterval:  cfg.StorePollInterval,
+		Logger:        log,
+		Sealer:        sealer,
+		OnReloadError: func(error) { m.StoreReloadFailed() },
+	})
 	if err != nil {
 		return err
 	}

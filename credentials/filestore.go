@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -32,10 +34,19 @@ type FileStoreOptions struct {
 	// OnReloadError, if set, is called on every failed attempt to reload the file (for a
 	// metric). It runs on the polling goroutine and must not block.
 	OnReloadError func(error)
+	// Sealer, if set, encrypts every secret the store writes (the encrypted format, see
+	// FileEncryption) and decrypts what it reads. A plain file is still read, and encrypted
+	// on the next write. Without a Sealer, an encrypted file cannot be opened.
+	Sealer *Sealer
 }
 
 // FileStore is the file:// store: one JSON document (see Parse and Marshal) holding every
-// credential, for a single replica plus the occasional `credentials import` process.
+// credential, for a single replica plus the occasional `credentials import` process. With a
+// Sealer, every secret in it is sealed (see FileEncryption); every write re-seals every
+// secret with the Sealer's newest key.
+//
+// A file that group or others may access is refused (see checkFileMode): at start-up, on
+// reload, and before a write would replace it.
 //
 // Reads come from an immutable in-memory snapshot and take no lock. Every write is a
 // read-modify-write under an exclusive flock on path+".lock": the file is re-read under the
@@ -54,10 +65,10 @@ type FileStore struct {
 	logger   *slog.Logger
 	onReload func(error)
 
-	// encode and decode turn credentials into the file's bytes and back. OpenFileStore sets
-	// them in one place, so that an encrypting envelope can replace them.
-	encode func([]Credential) ([]byte, error)
-	decode func([]byte) ([]Credential, error)
+	// sealer encrypts the secrets written, and decrypts those read; nil: plain files.
+	sealer *Sealer
+	// euid is the process's effective user id, for checkFileMode.
+	euid int
 
 	// beforeRename, when set (by tests), runs after the temporary file is written and
 	// synced and before it is renamed over path; an error aborts the write there, as a
@@ -73,6 +84,7 @@ type FileStore struct {
 	seen       fileFingerprint // the file as last read, parsed or not
 	seenErr    error           // why seen did not parse, or nil
 	lastLogged string          // the last reload failure logged
+	plainNoted bool            // a plain file found while sealing was logged
 
 	errMu     sync.Mutex
 	reloadErr error // the current reload failure, reported by Ping
@@ -92,6 +104,8 @@ type fileFingerprint struct {
 	modTime time.Time
 	dev     uint64
 	ino     uint64
+	mode    os.FileMode // permission bits
+	uid     int         // owner, or -1 when unknown
 	sum     [sha256.Size]byte
 }
 
@@ -100,14 +114,20 @@ func (a fileFingerprint) sameStat(b fileFingerprint) bool {
 	if a.exists != b.exists {
 		return false
 	}
-	return !a.exists || a.size == b.size && a.modTime.Equal(b.modTime) && a.dev == b.dev && a.ino == b.ino
+	return !a.exists || a.size == b.size && a.modTime.Equal(b.modTime) && a.dev == b.dev && a.ino == b.ino &&
+		a.sameOwnerAndMode(b)
+}
+
+func (a fileFingerprint) sameOwnerAndMode(b fileFingerprint) bool {
+	return a.mode == b.mode && a.uid == b.uid
 }
 
 func fingerprintOf(fi os.FileInfo) fileFingerprint {
-	fp := fileFingerprint{exists: true, size: fi.Size(), modTime: fi.ModTime()}
+	fp := fileFingerprint{exists: true, size: fi.Size(), modTime: fi.ModTime(), mode: fi.Mode().Perm(), uid: -1}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		fp.dev = uint64(st.Dev)
 		fp.ino = uint64(st.Ino)
+		fp.uid = int(st.Uid)
 	}
 	return fp
 }
@@ -116,8 +136,9 @@ func fingerprintOf(fi os.FileInfo) fileFingerprint {
 var errFileRemoved = errors.New("the file was removed")
 
 // OpenFileStore opens the credentials file at path, following symbolic links. A missing file
-// is an empty store, created by the first write; a file that cannot be read or parsed is an
-// error naming it, and is left untouched. Close stops the polling goroutine.
+// is an empty store, created by the first write; a file that cannot be read, parsed or
+// decrypted, or that group or others may access, is an error naming it, and is left
+// untouched. Close stops the polling goroutine.
 func OpenFileStore(path string, opts FileStoreOptions) (*FileStore, error) {
 	if path == "" {
 		return nil, errors.New("credentials: file store: empty path")
@@ -129,6 +150,8 @@ func OpenFileStore(path string, opts FileStoreOptions) (*FileStore, error) {
 		interval: opts.PollInterval,
 		logger:   opts.Logger,
 		onReload: opts.OnReloadError,
+		sealer:   opts.Sealer,
+		euid:     os.Geteuid(),
 		sem:      make(chan struct{}, 1),
 		stop:     make(chan struct{}),
 		done:     make(chan struct{}),
@@ -139,16 +162,16 @@ func OpenFileStore(path string, opts FileStoreOptions) (*FileStore, error) {
 	if s.logger == nil {
 		s.logger = slog.New(slog.DiscardHandler)
 	}
-	s.encode, s.decode = encodePlain, decodePlain
 
 	data, fp, err := readFileFingerprint(path)
 	if err != nil {
 		return nil, fmt.Errorf("credentials: file store %s: %w", path, err)
 	}
-	creds, err := s.decodeFile(data, fp)
+	creds, encrypted, err := s.decodeFile(data, fp)
 	if err != nil {
 		return nil, fmt.Errorf("credentials: file store %s: %w", path, err)
 	}
+	s.notePlainLocked(fp, encrypted)
 	s.seen = fp
 	s.snap.Store(newStoreSnapshot(credentialMap(creds)))
 	s.removeStaleTemps()
@@ -156,22 +179,30 @@ func OpenFileStore(path string, opts FileStoreOptions) (*FileStore, error) {
 	return s, nil
 }
 
-// encodePlain and decodePlain are the unencrypted file format.
-func encodePlain(creds []Credential) ([]byte, error) { return Marshal(creds) }
-
-func decodePlain(data []byte) ([]Credential, error) {
-	if len(bytes.TrimSpace(data)) == 0 {
-		return nil, errors.New("credentials: parse: the file is empty")
+// decodeFile checks the mode of the file fp describes and decodes data read from it, in
+// either format; encrypted reports which. A missing file holds no credentials.
+func (s *FileStore) decodeFile(data []byte, fp fileFingerprint) (creds []Credential, encrypted bool, err error) {
+	if !fp.exists {
+		return nil, false, nil
 	}
-	return Parse(bytes.NewReader(data))
+	if err := checkFileMode(s.path, fp.mode, fp.uid, s.euid, kubeletProjected(s.path)); err != nil {
+		return nil, false, err
+	}
+	return parseFile(data, s.sealer)
 }
 
-// decodeFile decodes data read with fp; a missing file holds no credentials.
-func (s *FileStore) decodeFile(data []byte, fp fileFingerprint) ([]Credential, error) {
-	if !fp.exists {
-		return nil, nil
+// notePlainLocked logs, once until the file is next found encrypted, that a plain file was
+// found while a Sealer is set. s.sem is held (or the store is not shared yet).
+func (s *FileStore) notePlainLocked(fp fileFingerprint, encrypted bool) {
+	switch {
+	case s.sealer == nil || !fp.exists:
+	case encrypted:
+		s.plainNoted = false
+	case !s.plainNoted:
+		s.plainNoted = true
+		s.logger.Warn("the credentials file is not encrypted; it will be encrypted on the next write",
+			"path", s.path, "key_id", s.sealer.KeyID())
 	}
-	return s.decode(data)
 }
 
 func credentialMap(creds []Credential) map[string]Credential {
@@ -339,9 +370,9 @@ func (s *FileStore) writeLocked(ctx context.Context, mutate func(map[string]Cred
 	if err != nil {
 		return fmt.Errorf("credentials: file store %s: %w", s.path, err)
 	}
-	creds, err := s.decodeFile(data, fp)
+	creds, encrypted, err := s.decodeFile(data, fp)
 	if err != nil {
-		return fmt.Errorf("credentials: file store %s: not overwriting a file that does not parse: %w", s.path, err)
+		return fmt.Errorf("credentials: file store %s: not writing over a file that cannot be read: %w", s.path, err)
 	}
 	cur := credentialMap(creds)
 	// Install the file as found first: even when mutate fails (a lost compare-and-swap),
@@ -356,7 +387,7 @@ func (s *FileStore) writeLocked(ctx context.Context, mutate func(map[string]Cred
 	for _, c := range next {
 		list = append(list, c)
 	}
-	out, err := s.encode(list)
+	out, err := marshalFile(list, s.sealer)
 	if err != nil {
 		return fmt.Errorf("credentials: file store %s: %w", s.path, err)
 	}
@@ -365,6 +396,10 @@ func (s *FileStore) writeLocked(ctx context.Context, mutate func(map[string]Cred
 		// The new file is in place (if perhaps not yet durable, when err is set): it is what
 		// others read now, so this process serves it too.
 		s.installLocked(next, newFP)
+		if s.sealer != nil && fp.exists && !encrypted {
+			s.logger.Info("encrypted the credentials file", "path", s.path, "key_id", s.sealer.KeyID())
+		}
+		s.notePlainLocked(newFP, s.sealer != nil)
 	}
 	if err != nil {
 		return fmt.Errorf("credentials: file store %s: write: %w", s.path, err)
@@ -582,18 +617,19 @@ func (s *FileStore) reloadLocked(force bool) []string {
 		}
 		return nil
 	}
-	if s.seen.exists && fp.sum == s.seen.sum {
+	if s.seen.exists && fp.sum == s.seen.sum && fp.sameOwnerAndMode(s.seen) {
 		s.seen = fp // touched, or rewritten with the same content
 		s.setReloadErrorLocked(s.seenErr)
 		return nil
 	}
 	s.seen = fp
-	creds, err := s.decode(data)
+	creds, encrypted, err := s.decodeFile(data, fp)
 	if err != nil {
 		s.seenErr = err
 		s.reloadFailedLocked(err)
 		return nil
 	}
+	s.notePlainLocked(fp, encrypted)
 	old := s.snap.Load()
 	s.installLocked(credentialMap(creds), fp)
 	changed := diffCompanies(old.byCompany, s.snap.Load().byCompany)
@@ -633,4 +669,270 @@ func (s *FileStore) setReloadErrorLocked(err error) {
 		s.logger.Warn("cannot reload the credentials file; keeping the last good credentials",
 			"path", s.path, "error", err.Error())
 	}
+}
+
+// RotateKey rewrites the file, sealing every secret with the newest key of the store's Sealer
+// (a plain file is encrypted), and returns how many credentials it holds. It fails without a
+// Sealer, and, like every write, when the file cannot be read with the configured keys.
+func (s *FileStore) RotateKey(ctx context.Context) (int, error) {
+	if s.sealer == nil {
+		return 0, fmt.Errorf("credentials: file store %s: rotate key: no encryption key is configured", s.path)
+	}
+	n := 0
+	err := s.write(ctx, func(cur map[string]Credential) (map[string]Credential, error) {
+		n = len(cur)
+		return cur, nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+var _ KeyRotator = (*FileStore)(nil)
+
+// checkFileMode refuses a credentials file that group or others may access, naming its mode
+// and the fix. A file must grant nothing to group or others (0600, 0400), with two
+// exceptions for files owned by root, which this process neither wrote nor can change:
+//
+//   - read by a non-root process, it may also be readable by its group (0440, 0640), as a
+//     system file shared with a service's group is;
+//   - in a Kubernetes secret (or configMap, or projected) volume — projected: the kubelet's
+//     layout, see kubeletProjected — it may be readable by group and others (0440, 0444):
+//     such a volume is visible only inside the containers that mount it, and a pod without an
+//     fsGroup can give a non-root container read access no other way.
+//
+// Write or execute access for group or others is never accepted.
+func checkFileMode(path string, mode os.FileMode, owner, euid int, projected bool) error {
+	mode = mode.Perm()
+	allowed := os.FileMode(0o700)
+	switch {
+	case owner == 0 && projected:
+		allowed = 0o744
+	case owner == 0 && euid != 0:
+		allowed = 0o740
+	}
+	extra := mode &^ allowed
+	if extra == 0 {
+		return nil
+	}
+	var who []string
+	if g := (extra >> 3) & 7; g != 0 {
+		who = append(who, "group ("+accessVerbs(g)+")")
+	}
+	if o := extra & 7; o != 0 {
+		who = append(who, "others ("+accessVerbs(o)+")")
+	}
+	fix := fmt.Sprintf("run: chmod 600 %s", path)
+	if projected {
+		fix = "set the Kubernetes volume's defaultMode to 0440 (with the pod's fsGroup) or 0444"
+	}
+	return fmt.Errorf("mode %04o gives %s access to a file of secrets; %s", mode, strings.Join(who, " and "), fix)
+}
+
+// kubeletProjected reports whether path is a file of a Kubernetes secret, configMap or
+// projected volume, recognised by the kubelet's atomic-writer layout: path is a symbolic link
+// to ..data/<its name>, and ..data beside it a symbolic link to the current timestamped
+// directory.
+func kubeletProjected(path string) bool {
+	target, err := os.Readlink(path)
+	if err != nil || filepath.Clean(target) != filepath.Join("..data", filepath.Base(path)) {
+		return false
+	}
+	fi, err := os.Lstat(filepath.Join(filepath.Dir(path), "..data"))
+	return err == nil && fi.Mode()&os.ModeSymlink != 0
+}
+
+// accessVerbs names permission bits rwx as "read", "read, write", …
+func accessVerbs(bits os.FileMode) string {
+	var v []string
+	if bits&4 != 0 {
+		v = append(v, "read")
+	}
+	if bits&2 != 0 {
+		v = append(v, "write")
+	}
+	if bits&1 != 0 {
+		v = append(v, "execute")
+	}
+	return strings.Join(v, ", ")
+}
+
+// FileEncryption is the top-level "encryption" member of an encrypted credentials file. Its
+// presence says every secret field (access_token, refresh_token, api_key) of every record
+// holds a value sealed by a Sealer (v1.<key id>.<data>) for that record's company and that
+// field; every other field is as in the plain format:
+//
+//	{"encryption": {"version": 1},
+//	 "credentials": [{"company_id": "5a1c…", "type": "oauth2",
+//	                  "access_token": "v1.3f9a…", "refresh_token": "v1.3f9a…", …}]}
+type FileEncryption struct {
+	// Version is the envelope format; 1 is the only one.
+	Version int `json:"version"`
+}
+
+// FileEncryptionVersion is the FileEncryption.Version this build writes and reads.
+const FileEncryptionVersion = 1
+
+// encryptedFile is the encrypted document.
+type encryptedFile struct {
+	Encryption  *FileEncryption `json:"encryption"`
+	Credentials []Record        `json:"credentials"`
+}
+
+// secretFields lists a record's secret fields with their names.
+func secretFields(r *Record) [3]struct {
+	name string
+	v    *string
+} {
+	return [3]struct {
+		name string
+		v    *string
+	}{{FieldAccessToken, &r.AccessToken}, {FieldRefreshToken, &r.RefreshToken}, {FieldAPIKey, &r.APIKey}}
+}
+
+// marshalFile encodes creds as the file store writes them: the plain format (Marshal)
+// without a sealer, the encrypted one with it.
+func marshalFile(creds []Credential, sealer *Sealer) ([]byte, error) {
+	if sealer == nil {
+		return Marshal(creds)
+	}
+	f := encryptedFile{Encryption: &FileEncryption{Version: FileEncryptionVersion}, Credentials: make([]Record, 0, len(creds))}
+	for _, c := range creds {
+		r := RecordOf(c)
+		r.CompanyID = CanonicalCompanyID(r.CompanyID)
+		for _, fld := range secretFields(&r) {
+			if *fld.v == "" {
+				continue
+			}
+			sealed, err := sealer.Seal(r.CompanyID, fld.name, []byte(*fld.v))
+			if err != nil {
+				return nil, fmt.Errorf("credentials: marshal: company %s: %w", r.CompanyID, err)
+			}
+			*fld.v = sealed
+		}
+		f.Credentials = append(f.Credentials, r)
+	}
+	sortRecords(f.Credentials)
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(f); err != nil {
+		return nil, fmt.Errorf("credentials: marshal: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+func sortRecords(rs []Record) {
+	slices.SortFunc(rs, func(a, b Record) int { return strings.Compare(a.CompanyID, b.CompanyID) })
+}
+
+// parseFile decodes a file in either format and validates it as Parse does; encrypted reports
+// which format it was. An encrypted file needs a sealer holding the key of every value in it;
+// a plain file is read with or without one, but one holding sealed values is refused (its
+// "encryption" member was lost, and a sealed value must never be sent as a credential).
+func parseFile(data []byte, sealer *Sealer) (creds []Credential, encrypted bool, err error) {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, false, errors.New("credentials: parse: the file is empty")
+	}
+	var peek struct {
+		Encryption json.RawMessage `json:"encryption"`
+	}
+	if json.Unmarshal(data, &peek) != nil || peek.Encryption == nil {
+		creds, err := Parse(bytes.NewReader(data))
+		if err != nil {
+			return nil, false, err
+		}
+		for i, c := range creds {
+			for _, v := range []struct {
+				name string
+				s    Secret
+			}{{FieldAccessToken, c.AccessToken}, {FieldRefreshToken, c.RefreshToken}, {FieldAPIKey, c.APIKey}} {
+				if IsSealed(v.s.Reveal()) {
+					return nil, false, &RecordError{Index: i, CompanyID: c.CompanyID,
+						Err: fmt.Errorf("%s holds a sealed value but the file has no \"encryption\" member", v.name)}
+				}
+			}
+		}
+		if err := checkWritableTimes(creds); err != nil {
+			return nil, false, err
+		}
+		return creds, false, nil
+	}
+
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var f encryptedFile
+	if err := dec.Decode(&f); err != nil {
+		return nil, true, fmt.Errorf("credentials: parse: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, true, errors.New("credentials: parse: unexpected data after the document")
+	}
+	switch {
+	case f.Encryption == nil:
+		return nil, true, errors.New(`credentials: parse: "encryption" must be an object such as {"version": 1}`)
+	case f.Encryption.Version != FileEncryptionVersion:
+		return nil, true, fmt.Errorf("credentials: parse: encryption version %d is not one this build reads (%d)", f.Encryption.Version, FileEncryptionVersion)
+	case f.Credentials == nil:
+		return nil, true, errors.New(`credentials: parse: missing "credentials" array`)
+	}
+	if sealer == nil {
+		return nil, true, fmt.Errorf("the file is encrypted (key %s) and no encryption key is configured: set PLEO_PROXY_ENCRYPTION_KEY or PLEO_PROXY_ENCRYPTION_KEY_FILE",
+			strings.Join(sealedKeyIDs(f.Credentials), ", "))
+	}
+	for i := range f.Credentials {
+		r := &f.Credentials[i]
+		for _, fld := range secretFields(r) {
+			if *fld.v == "" {
+				continue
+			}
+			plain, err := sealer.Open(r.CompanyID, fld.name, *fld.v)
+			if err != nil {
+				return nil, true, &RecordError{Index: i, CompanyID: r.CompanyID, Err: fmt.Errorf("%s: %w", fld.name, err)}
+			}
+			*fld.v = string(plain)
+		}
+	}
+	if creds, err = FromRecords(f.Credentials); err != nil {
+		return nil, true, err
+	}
+	if err := checkWritableTimes(creds); err != nil {
+		return nil, true, err
+	}
+	return creds, true, nil
+}
+
+// checkWritableTimes refuses times that encoding/json cannot write (years outside 0000 to
+// 9999 once in UTC, such as 9999-12-31T23:00:00-02:00): a file holding one would load, and
+// then fail every write, rotated refresh tokens included.
+func checkWritableTimes(creds []Credential) error {
+	for i, c := range creds {
+		for _, f := range []struct {
+			name string
+			t    time.Time
+		}{{"expires_at", c.ExpiresAt}, {"last_refreshed_at", c.LastRefreshedAt}} {
+			if y := f.t.UTC().Year(); !f.t.IsZero() && (y < 0 || y > 9999) {
+				return &RecordError{Index: i, CompanyID: c.CompanyID, Err: fmt.Errorf("%s is outside the years 0000 to 9999 in UTC", f.name)}
+			}
+		}
+	}
+	return nil
+}
+
+// sealedKeyIDs lists, sorted, the key ids the sealed values of records need.
+func sealedKeyIDs(records []Record) []string {
+	var ids []string
+	for i := range records {
+		for _, fld := range secretFields(&records[i]) {
+			if id, err := SealedKeyID(*fld.v); err == nil && !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+	}
+	slices.Sort(ids)
+	if len(ids) == 0 {
+		return []string{"unknown"}
+	}
+	return ids
 }

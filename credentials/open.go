@@ -15,6 +15,12 @@ type OpenOptions struct {
 	PollInterval time.Duration
 	// Logger receives the store's own messages; nil discards them.
 	Logger *slog.Logger
+	// Sealer, if set, encrypts the secrets the store writes and decrypts those it reads
+	// (PLEO_PROXY_ENCRYPTION_KEY); nil stores them in the clear. The memory store ignores it.
+	Sealer *Sealer
+	// OnReloadError, if set, is called on every failed attempt to reload a store's backing
+	// file (for a metric); it must not block.
+	OnReloadError func(error)
 }
 
 // Open opens the store a URL names (PLEO_PROXY_STORE):
@@ -52,7 +58,12 @@ func Open(rawURL string, opts OpenOptions) (Store, error) {
 		if u.RawQuery != "" || u.Fragment != "" {
 			return nil, fmt.Errorf("credentials: store URL %q: a file URL takes no query or fragment", u.Redacted())
 		}
-		s, err := OpenFileStore(u.Path, FileStoreOptions{PollInterval: opts.PollInterval, Logger: opts.Logger})
+		s, err := OpenFileStore(u.Path, FileStoreOptions{
+			PollInterval:  opts.PollInterval,
+			Logger:        opts.Logger,
+			Sealer:        opts.Sealer,
+			OnReloadError: opts.OnReloadError,
+		})
 		if err != nil {
 			return nil, err
 		}
