@@ -102,6 +102,15 @@ func (c Credential) Validate() error {
 	default:
 		return &FieldError{Field: "state", Reason: fmt.Sprintf("%q is not a known state", string(c.State))}
 	}
+	for _, f := range []struct {
+		name string
+		t    time.Time
+	}{{"expires_at", c.ExpiresAt}, {"last_refreshed_at", c.LastRefreshedAt}} {
+		// The stores write times as RFC 3339 in UTC, which has four-digit years only.
+		if y := f.t.UTC().Year(); !f.t.IsZero() && (y < 0 || y > 9999) {
+			return &FieldError{Field: f.name, Reason: "is outside the years 0000 to 9999 in UTC"}
+		}
+	}
 	for _, s := range []Secret{c.AccessToken, c.RefreshToken, c.APIKey} {
 		if !validSecret(s.Reveal()) {
 			return &FieldError{Field: "secret", Reason: "contains whitespace or control characters"}
