@@ -3,7 +3,7 @@ package credentials
 import (
 	"context"
 	"fmt"
-	"sort"
+	"slices"
 	"sync"
 )
 
@@ -129,7 +129,7 @@ func (s *MemoryStore) swapLocked(next map[string]Credential) []string {
 type storeSnapshot struct {
 	byCompany map[string]Credential // canonical company id -> credential
 	byTenant  map[string]string     // tenant id -> canonical company id
-	sorted    []Credential          // by company id
+	sorted    []string              // canonical company ids, in order (the records stay in byCompany only)
 }
 
 // newStoreSnapshot takes ownership of byCompany (nil means empty).
@@ -140,15 +140,15 @@ func newStoreSnapshot(byCompany map[string]Credential) *storeSnapshot {
 	snap := &storeSnapshot{
 		byCompany: byCompany,
 		byTenant:  make(map[string]string, len(byCompany)),
-		sorted:    make([]Credential, 0, len(byCompany)),
+		sorted:    make([]string, 0, len(byCompany)),
 	}
 	for id, c := range byCompany {
 		if c.TenantID != "" {
 			snap.byTenant[c.TenantID] = id
 		}
-		snap.sorted = append(snap.sorted, c)
+		snap.sorted = append(snap.sorted, id)
 	}
-	sort.Slice(snap.sorted, func(i, j int) bool { return snap.sorted[i].CompanyID < snap.sorted[j].CompanyID })
+	slices.Sort(snap.sorted)
 	return snap
 }
 
@@ -174,7 +174,9 @@ func (s *storeSnapshot) getByTenant(tenantID string) (Credential, error) {
 // list returns a copy the caller may modify.
 func (s *storeSnapshot) list() []Credential {
 	out := make([]Credential, len(s.sorted))
-	copy(out, s.sorted)
+	for i, id := range s.sorted {
+		out[i] = s.byCompany[id]
+	}
 	return out
 }
 
@@ -318,7 +320,7 @@ func diffCompanies(old, next map[string]Credential) []string {
 			ids = append(ids, id)
 		}
 	}
-	sort.Strings(ids)
+	slices.Sort(ids)
 	return ids
 }
 
