@@ -229,10 +229,13 @@ func readFileFingerprint(path string) ([]byte, fileFingerprint, error) {
 	if err != nil {
 		return nil, fileFingerprint{}, err
 	}
-	data, err := io.ReadAll(f)
-	if err != nil {
+	// Read in one buffer of the file's size (io.ReadAll would grow one by doubling, allocating
+	// twice a large file's size); a file that grew since Stat is still read whole.
+	buf := bytes.NewBuffer(make([]byte, 0, int(min(max(fi.Size(), 0), 1<<30))+512))
+	if _, err := buf.ReadFrom(f); err != nil {
 		return nil, fileFingerprint{}, err
 	}
+	data := buf.Bytes()
 	fp := fingerprintOf(fi)
 	fp.sum = sha256.Sum256(data)
 	return data, fp, nil
@@ -838,7 +841,7 @@ func parseFile(data []byte, sealer *Sealer) (creds []Credential, encrypted bool,
 	var peek struct {
 		Encryption json.RawMessage `json:"encryption"`
 	}
-	if json.Unmarshal(data, &peek) != nil || peek.Encryption == nil {
+	if !mayHaveEncryptionMember(data) || json.Unmarshal(data, &peek) != nil || peek.Encryption == nil {
 		creds, err := Parse(bytes.NewReader(data))
 		if err != nil {
 			return nil, false, err
@@ -901,6 +904,23 @@ func parseFile(data []byte, sealer *Sealer) (creds []Credential, encrypted bool,
 		return nil, true, err
 	}
 	return creds, true, nil
+}
+
+// mayHaveEncryptionMember is a fast pre-check for parseFile: false means data cannot hold an
+// "encryption" member (encoding/json matches member names case-insensitively and unescapes
+// them, so any case-insensitive occurrence, or any \u escape, means "maybe"). It saves a full
+// decoding pass over a large plain file.
+func mayHaveEncryptionMember(data []byte) bool {
+	const name = "encryption"
+	if bytes.Contains(data, []byte(`\u`)) {
+		return true
+	}
+	for i := 0; i+len(name) <= len(data); i++ {
+		if data[i]|0x20 == 'e' && bytes.EqualFold(data[i:i+len(name)], []byte(name)) {
+			return true
+		}
+	}
+	return false
 }
 
 // checkWritableTimes refuses times that encoding/json cannot write (years outside 0000 to

@@ -3,9 +3,12 @@ package credentials
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -82,43 +85,135 @@ func RecordOf(c Credential) Record {
 
 // Parse decodes and validates a credentials document. It rejects unknown fields, trailing
 // data, duplicate company ids and duplicate tenant ids, naming the offending record by index.
-// Company ids are lower-cased.
+// Company ids are lower-cased. It streams: one record at a time is decoded, so a document of
+// 100,000 credentials is never held twice in memory.
 func Parse(r io.Reader) ([]Credential, error) {
 	dec := json.NewDecoder(r)
 	dec.DisallowUnknownFields()
-	var f File
-	if err := dec.Decode(&f); err != nil {
+	creds, err := parseDocument(dec)
+	if err != nil {
 		return nil, fmt.Errorf("credentials: parse: %w", err)
 	}
+	return creds, nil
+}
+
+// parseDocument reads one File object from dec, record by record, and then expects the end
+// of the input.
+func parseDocument(dec *json.Decoder) ([]Credential, error) {
+	if err := expectDelim(dec, '{', "the document must be a JSON object"); err != nil {
+		return nil, err
+	}
+	var (
+		out  []Credential
+		seen bool
+		v    recordValidator
+	)
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		key, _ := tok.(string)
+		if !strings.EqualFold(key, "credentials") {
+			return nil, fmt.Errorf("json: unknown field %q", key)
+		}
+		if seen {
+			return nil, errors.New(`"credentials" appears twice`)
+		}
+		seen = true
+		tok, err = dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		switch tok {
+		case nil:
+			continue // null: reported as missing below
+		case json.Delim('['):
+		default:
+			return nil, errors.New(`"credentials" must be an array`)
+		}
+		out = []Credential{}
+		for i := 0; dec.More(); i++ {
+			var rec Record
+			if err := dec.Decode(&rec); err != nil {
+				return nil, fmt.Errorf("record %d: %w", i, err)
+			}
+			c, err := v.check(i, rec)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, c)
+		}
+		if err := expectDelim(dec, ']', `"credentials" must be an array`); err != nil {
+			return nil, err
+		}
+	}
+	if err := expectDelim(dec, '}', "the document must be a JSON object"); err != nil {
+		return nil, err
+	}
 	if _, err := dec.Token(); err != io.EOF {
-		return nil, fmt.Errorf("credentials: parse: unexpected data after the document")
+		return nil, errors.New("unexpected data after the document")
 	}
-	if f.Credentials == nil {
-		return nil, fmt.Errorf("credentials: parse: missing \"credentials\" array")
+	if out == nil {
+		return nil, errors.New(`missing "credentials" array`)
 	}
-	return FromRecords(f.Credentials)
+	return slices.Clip(out), nil
+}
+
+// expectDelim reads the next token and fails with msg unless it is d.
+func expectDelim(dec *json.Decoder, d json.Delim, msg string) error {
+	tok, err := dec.Token()
+	if err != nil {
+		if err == io.EOF {
+			return io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	if tok != d {
+		return errors.New(msg)
+	}
+	return nil
+}
+
+// recordValidator converts and validates records one at a time, remembering company and
+// tenant ids to refuse duplicates.
+type recordValidator struct {
+	companies map[string]int
+	tenants   map[string]int
+}
+
+// check converts record i and validates it against the records checked before it.
+func (v *recordValidator) check(i int, rec Record) (Credential, error) {
+	if v.companies == nil {
+		v.companies = make(map[string]int)
+		v.tenants = make(map[string]int)
+	}
+	c := rec.Credential()
+	c.CompanyID = CanonicalCompanyID(c.CompanyID)
+	if err := c.Validate(); err != nil {
+		return Credential{}, &RecordError{Index: i, CompanyID: rec.CompanyID, Err: err}
+	}
+	if j, dup := v.companies[c.CompanyID]; dup {
+		return Credential{}, &RecordError{Index: i, CompanyID: rec.CompanyID, Err: fmt.Errorf("company_id duplicates record %d", j)}
+	}
+	v.companies[c.CompanyID] = i
+	if c.TenantID != "" {
+		if j, dup := v.tenants[c.TenantID]; dup {
+			return Credential{}, &RecordError{Index: i, CompanyID: rec.CompanyID, Err: fmt.Errorf("tenant_id duplicates record %d", j)}
+		}
+		v.tenants[c.TenantID] = i
+	}
+	return c, nil
 }
 
 // FromRecords converts and validates records, as Parse does.
 func FromRecords(records []Record) ([]Credential, error) {
 	out := make([]Credential, 0, len(records))
-	companies := make(map[string]int, len(records))
-	tenants := make(map[string]int)
+	var v recordValidator
 	for i, rec := range records {
-		c := rec.Credential()
-		c.CompanyID = CanonicalCompanyID(c.CompanyID)
-		if err := c.Validate(); err != nil {
-			return nil, &RecordError{Index: i, CompanyID: rec.CompanyID, Err: err}
-		}
-		if j, dup := companies[c.CompanyID]; dup {
-			return nil, &RecordError{Index: i, CompanyID: rec.CompanyID, Err: fmt.Errorf("company_id duplicates record %d", j)}
-		}
-		companies[c.CompanyID] = i
-		if c.TenantID != "" {
-			if j, dup := tenants[c.TenantID]; dup {
-				return nil, &RecordError{Index: i, CompanyID: rec.CompanyID, Err: fmt.Errorf("tenant_id duplicates record %d", j)}
-			}
-			tenants[c.TenantID] = i
+		c, err := v.check(i, rec)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, c)
 	}
