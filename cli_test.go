@@ -16,11 +16,13 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/mockpleo"
 )
 
 // The credentials CLI, through the built binary: exit codes 0 (ok), 1 (failure), 2 (usage).
@@ -499,5 +501,78 @@ func TestServeEncryptedStoreBadReload(t *testing.T) {
 	})
 	if got := proxied(); got != credentials.BasicAuthorization("serve-api-key") {
 		t.Errorf("after the bad reload the upstream saw %q, want the last good key", got)
+	}
+}
+
+// put --discover-company learns the company from GET {upstream}/v1/installations/me with the
+// key as HTTP Basic user name (the mock Pleo checks it as Pleo would).
+func TestCLIPutDiscoverCompany(t *testing.T) {
+	const apiKey = "discovered-integrated-key-0123456789"
+	company := cliCompany(7)
+	mock := mockpleo.New(mockpleo.Options{})
+	mock.AddAPIKey(company, apiKey, time.Time{})
+	var paths []string
+	var mu sync.Mutex
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		paths = append(paths, r.Method+" "+r.URL.Path)
+		mu.Unlock()
+		mock.Handler().ServeHTTP(w, r)
+	}))
+	defer upstream.Close()
+
+	cases := []struct {
+		name     string
+		stdin    string
+		args     []string
+		code     int
+		stderr   string // expected in stderr
+		stored   bool
+		upstream bool // whether the upstream is asked
+	}{
+		{name: "discovered", stdin: apiKey + "\n", args: []string{"--discover-company", "--type", "integrated_api_key", "--tenant", "erp-9"}, stored: true, upstream: true},
+		{name: "discovered, matching --company", stdin: apiKey, args: []string{"--discover-company", "--company", strings.ToUpper(company), "--type", "integrated_api_key"}, stored: true, upstream: true},
+		{name: "--company names another company", stdin: apiKey, args: []string{"--discover-company", "--company", cliCompany(8), "--type", "integrated_api_key"},
+			code: 1, stderr: "belongs to company " + company, upstream: true},
+		{name: "key refused", stdin: "not-a-key-pleo-knows", args: []string{"--discover-company", "--type", "integrated_api_key"},
+			code: 1, stderr: "refused the key (401)", upstream: true},
+		{name: "no company and no discovery", stdin: apiKey, args: []string{"--type", "integrated_api_key"},
+			code: 2, stderr: "--discover-company"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			mu.Lock()
+			paths = nil
+			mu.Unlock()
+			env, path := cliEnv(t, "")
+			env = append(env, "PLEO_PROXY_UPSTREAM_URL="+upstream.URL)
+			out, stderr, code := runCLI(t, env, tc.stdin, append([]string{"credentials", "put"}, tc.args...)...)
+			if code != tc.code || !strings.Contains(stderr, tc.stderr) {
+				t.Fatalf("exit %d (want %d), stderr %q (want %q)", code, tc.code, stderr, tc.stderr)
+			}
+			if strings.Contains(out+stderr, apiKey) {
+				t.Fatal("the key was printed")
+			}
+			mu.Lock()
+			asked := slices.Equal(paths, []string{"GET /v1/installations/me"})
+			none := len(paths) == 0
+			mu.Unlock()
+			if tc.upstream && !asked || !tc.upstream && !none {
+				t.Fatalf("upstream saw %v", paths)
+			}
+			if !tc.stored {
+				if _, err := os.Stat(path); !os.IsNotExist(err) {
+					t.Fatalf("the store was written: %v", err)
+				}
+				return
+			}
+			if !strings.Contains(out, company) || !strings.Contains(out, "installations/me") {
+				t.Errorf("put printed %q", out)
+			}
+			list := cliList(t, env)
+			if len(list) != 1 || list[0]["company_id"] != company || list[0]["type"] != "integrated_api_key" {
+				t.Fatalf("list = %v", list)
+			}
+		})
 	}
 }

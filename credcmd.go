@@ -8,13 +8,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/config"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/connect"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/proxy"
 )
 
 // Usage lines of the credentials subcommands.
@@ -22,7 +25,7 @@ const (
 	usageImport    = "usage: credentials import [--env-file PATH] [--replace] FILE|-"
 	usageList      = "usage: credentials list [--env-file PATH] [--json]"
 	usageDelete    = "usage: credentials delete [--env-file PATH] COMPANY_ID"
-	usagePut       = "usage: credentials put [--env-file PATH] --company ID --type standalone_api_key|integrated_api_key [--tenant T] [--expires-at RFC3339] [--key-file PATH] (the key comes from --key-file or standard input, never from the command line)"
+	usagePut       = "usage: credentials put [--env-file PATH] (--company ID | --discover-company) --type standalone_api_key|integrated_api_key [--tenant T] [--expires-at RFC3339] [--key-file PATH] (the key comes from --key-file or standard input, never from the command line)"
 	usageRotateKey = "usage: credentials rotate-key [--env-file PATH]"
 	subcommands    = "import, list, delete, put or rotate-key"
 )
@@ -224,6 +227,7 @@ func (c *credCmd) put(args []string) error {
 	tenant := fs.String("tenant", "", "the tenant id of the external system (optional)")
 	expiresAt := fs.String("expires-at", "", "when the key expires, RFC 3339 (optional)")
 	keyFile := fs.String("key-file", "", "read the key from this file instead of standard input")
+	discover := fs.Bool("discover-company", false, "learn the company from GET {upstream}/v1/installations/me with the key")
 	if help, err := c.parse(fs, args, usagePut); help || err != nil {
 		return err
 	}
@@ -231,7 +235,10 @@ func (c *credCmd) put(args []string) error {
 		// Never echo the arguments: they may be the key itself.
 		return usageError{fmt.Sprintf("put takes no arguments (got %d): the key is read from --key-file or standard input, never from the command line\n%s", fs.NArg(), usagePut)}
 	}
-	if !credentials.ValidCompanyID(*company) {
+	switch {
+	case *company == "" && !*discover:
+		return usageError{"put: name the company with --company ID, or learn it from the key with --discover-company\n" + usagePut}
+	case *company != "" && !credentials.ValidCompanyID(*company):
 		return usageError{"put: --company must be a company id (a UUID)\n" + usagePut}
 	}
 	cred := credentials.Credential{
@@ -261,6 +268,16 @@ func (c *credCmd) put(args []string) error {
 		return err
 	}
 	cred.APIKey = credentials.Secret(key)
+	if *discover {
+		found, err := c.discoverCompany(cred.APIKey)
+		if err != nil {
+			return err
+		}
+		if cred.CompanyID != "" && cred.CompanyID != found {
+			return fmt.Errorf("put: nothing written: the key belongs to company %s, not --company %s", found, cred.CompanyID)
+		}
+		cred.CompanyID = found
+	}
 	if err := cred.Validate(); err != nil {
 		return fmt.Errorf("put: nothing written: %w", err)
 	}
@@ -272,8 +289,33 @@ func (c *credCmd) put(args []string) error {
 	if err := store.PutAll(c.ctx, []credentials.Credential{cred}, false); err != nil {
 		return fmt.Errorf("put: nothing written: %w", err)
 	}
-	fmt.Fprintf(c.stdout, "stored a %s for company %s\n", cred.Type, cred.CompanyID)
+	how := ""
+	if *discover {
+		how = " (learned from " + connect.InstallationPath + ")"
+	}
+	fmt.Fprintf(c.stdout, "stored a %s for company %s%s\n", cred.Type, cred.CompanyID, how)
 	return nil
+}
+
+// discoverCompany asks the configured upstream which company the API key belongs to
+// (GET /v1/installations/me, the key as HTTP Basic user name). The key goes to the upstream
+// only: redirects are not followed.
+func (c *credCmd) discoverCompany(key credentials.Secret) (string, error) {
+	cfg, err := c.config()
+	if err != nil {
+		return "", err
+	}
+	client := &http.Client{Timeout: cfg.UpstreamTimeout, Transport: proxy.NewUpstreamTransport(cfg.UpstreamTimeout)}
+	id, err := connect.LookupCompany(c.ctx, client, cfg.UpstreamURL, credentials.Secret(credentials.BasicAuthorization(key.Reveal())))
+	if err != nil {
+		var le *connect.LookupError
+		if errors.As(err, &le) && le.Unauthorized() {
+			return "", fmt.Errorf("put: nothing written: %s refused the key (%d); keys work only in the environment that issued them: check PLEO_PROXY_ENVIRONMENT or PLEO_PROXY_UPSTREAM_URL",
+				cfg.UpstreamURL, le.Status)
+		}
+		return "", fmt.Errorf("put: nothing written: --discover-company: %w", err)
+	}
+	return id, nil
 }
 
 // readKey reads the API key from path, or from standard input when path is empty, trimming

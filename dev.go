@@ -19,6 +19,10 @@ const (
 	devOAuthTenant       = "acme-erp"
 	devIntegratedCompany = "22222222-2222-4222-8222-222222222222"
 	devStandaloneCompany = "33333333-3333-4333-8333-333333333333"
+	devConnectCompany    = "44444444-4444-4444-8444-444444444444" // the mock's consent grants this one
+	devConnectTenant     = "new-erp-tenant"
+	devConnectAddr       = "127.0.0.1:8081"
+	devRedirectURL       = "http://" + devConnectAddr + "/callback"
 	devAdminToken        = "dev-admin-token"
 	devAccessTTL         = 20 * time.Second
 )
@@ -31,7 +35,7 @@ type devPleo struct {
 }
 
 func startDevPleo() (*devPleo, error) {
-	mock := mockpleo.New(mockpleo.Options{AccessTTL: devAccessTTL})
+	mock := mockpleo.New(mockpleo.Options{AccessTTL: devAccessTTL, ConsentCompanyID: devConnectCompany})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("dev: starting the mock Pleo: %w", err)
@@ -56,6 +60,24 @@ func (d *devPleo) environ() map[string]string {
 		"PLEO_PROXY_ADMIN_ADDR":          "127.0.0.1:9090",
 		"PLEO_PROXY_ADMIN_TOKEN":         devAdminToken,
 		"PLEO_PROXY_REFRESH_BEFORE":      "5s",
+		"PLEO_PROXY_CONNECT_ADDR":        devConnectAddr,
+		"PLEO_PROXY_OAUTH_REDIRECT_URL":  devRedirectURL,
+		"PLEO_PROXY_OAUTH_SCOPES":        "export-jobs:read export-items:read",
+	}
+}
+
+// adoptConnectListener registers the consent flow's redirect URI with the mock (which then
+// matches it exactly, as Pleo does). When --dev's default redirect URL is in use but the
+// connect listener is elsewhere (PLEO_PROXY_CONNECT_ADDR set, e.g. to port 0), the redirect
+// URL follows the listener.
+func (d *devPleo) adoptConnectListener(cfg *config.Config, bound string) {
+	if cfg.OAuthRedirectURL != nil && cfg.OAuthRedirectURL.String() == devRedirectURL && bound != devConnectAddr {
+		u := *cfg.OAuthRedirectURL
+		u.Host = bound
+		cfg.OAuthRedirectURL = &u
+	}
+	if cfg.OAuthRedirectURL != nil {
+		d.mock.SetRedirectURIs(cfg.OAuthRedirectURL.String())
 	}
 }
 
@@ -74,7 +96,7 @@ func (d *devPleo) seed(ctx context.Context, store credentials.Store) error {
 	}, false)
 }
 
-func (d *devPleo) printTry(w io.Writer, listen, adminAddr string, cfg *config.Config) {
+func (d *devPleo) printTry(w io.Writer, listen, adminAddr, connectAddr string, cfg *config.Config) {
 	p := "http://" + listen
 	a := "http://" + adminAddr
 	fmt.Fprintf(w, `
@@ -98,4 +120,19 @@ Try:
 		p, cfg.CompanyHeader, devStandaloneCompany,
 		p, cfg.CompanyHeader, devOAuthCompany,
 		p, a, a, devAdminToken)
+	if connectAddr == "off" {
+		return
+	}
+	// Reach /connect on the redirect URL's host: the flow's binding cookie is per host.
+	start := "http://" + connectAddr + "/connect?tenant_id=" + devConnectTenant
+	if cfg.OAuthRedirectURL != nil {
+		start = cfg.OAuthRedirectURL.Scheme + "://" + cfg.OAuthRedirectURL.Host + "/connect?tenant_id=" + devConnectTenant
+	}
+	fmt.Fprintf(w, `Connect a company with the consent flow (the mock consents at once, for company %s):
+  open '%s'                      # in a browser, or:
+  curl -sL -c /dev/null '%s'     # -c turns on curl's cookies
+  curl -s %s/v1/export-jobs -H '%s: %s'                    # then use it
+  curl -s %s/metrics | grep ^pleo_proxy_connect
+
+`, devConnectCompany, start, start, p, cfg.TenantHeader, devConnectTenant, a)
 }

@@ -53,6 +53,12 @@ commands:
   credentials import [--replace] FILE|-
   credentials list [--json]
   credentials delete COMPANY_ID
+  credentials put (--company ID | --discover-company) --type standalone_api_key|integrated_api_key
+                  [--tenant T] [--expires-at RFC3339] [--key-file PATH]
+                                    store one API key, read from --key-file or standard input
+                                    (never the command line); --discover-company learns the
+                                    company from GET {upstream}/v1/installations/me
+  credentials rotate-key            re-seal every stored secret with the newest encryption key
   healthcheck                       exit 0 when the admin listener's /healthz answers 200
   version                           print the version
 `

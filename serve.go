@@ -7,18 +7,21 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/lmittmann/tint"
 
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/admin"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/config"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/connect"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/metrics"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/proxy"
@@ -194,18 +197,31 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	dataSrv := proxy.NewServer(handler, log)
 	adminSrv := &http.Server{Handler: adminHandler, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 60 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10, ErrorLog: errLog}
+	connectSrv, connectLn, err := newConnectServer(cfg, mock, store, log, m, secrets, errLog)
+	if err != nil {
+		dataLn.Close()
+		adminLn.Close()
+		return err
+	}
+	connectAddr := "off"
+	if connectLn != nil {
+		connectAddr = connectLn.Addr().String()
+	}
 
 	bg, stopBg := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBg()
 	go broker.Run(bg, 0)
 
-	serveErr := make(chan error, 2)
+	serveErr := make(chan error, 3)
 	go func() { serveErr <- dataSrv.Serve(dataLn) }()
 	go func() { serveErr <- adminSrv.Serve(adminLn) }()
+	if connectSrv != nil {
+		go func() { serveErr <- connectSrv.Serve(connectLn) }()
+	}
 	log.Info("pleo-auth-proxy started", "version", version, "listen", dataLn.Addr().String(),
-		"admin", adminLn.Addr().String(), "upstream", cfg.UpstreamURL.String(), "store", cfg.RedactedStore(), "dev", *dev)
+		"admin", adminLn.Addr().String(), "connect", connectAddr, "upstream", cfg.UpstreamURL.String(), "store", cfg.RedactedStore(), "dev", *dev)
 	if mock != nil {
-		mock.printTry(stdout, dataLn.Addr().String(), adminLn.Addr().String(), cfg)
+		mock.printTry(stdout, dataLn.Addr().String(), adminLn.Addr().String(), connectAddr, cfg)
 	}
 
 	var runErr error
@@ -219,10 +235,22 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	adminHandler.SetShuttingDown()
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
+	// The connect listener drains beside the data listener: a callback in flight finishes
+	// its store write before the store closes.
+	var draining sync.WaitGroup
+	if connectSrv != nil {
+		draining.Go(func() {
+			if err := connectSrv.Shutdown(sctx); err != nil {
+				log.Warn("graceful shutdown of the connect listener timed out; closing connections", "error", err)
+				_ = connectSrv.Close()
+			}
+		})
+	}
 	if err := dataSrv.Shutdown(sctx); err != nil {
 		log.Warn("graceful shutdown timed out; closing connections", "error", err)
 		_ = dataSrv.Close()
 	}
+	draining.Wait()
 	stopBg()
 	_ = adminSrv.Shutdown(sctx)
 	if n := broker.PendingWrites(); n > 0 {
@@ -233,6 +261,60 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// newConnectServer binds PLEO_PROXY_CONNECT_ADDR and builds the consent flow's server, or
+// returns nils when the address is empty (the flow is off).
+func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store, logger *slog.Logger,
+	m *metrics.Metrics, secrets *redact.Set, errLog *log.Logger) (*http.Server, net.Listener, error) {
+	if cfg.ConnectAddr == "" {
+		return nil, nil, nil
+	}
+	ln, err := net.Listen("tcp", cfg.ConnectAddr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("PLEO_PROXY_CONNECT_ADDR: %w", err)
+	}
+	if mock != nil {
+		mock.adoptConnectListener(cfg, ln.Addr().String())
+	}
+	if len(cfg.OAuthScopes) == 0 {
+		logger.Warn("PLEO_PROXY_OAUTH_SCOPES is empty: the consent flow asks for no scope")
+	}
+	if len(cfg.EncryptionKeys) == 0 {
+		logger.Info("consent flow states are sealed with a per-process key (no PLEO_PROXY_ENCRYPTION_KEY): " +
+			"a flow must end on the replica that started it")
+	}
+	h, err := connect.New(connect.Options{
+		ClientID:     cfg.OAuthClientID,
+		ClientSecret: cfg.OAuthClientSecret,
+		AuthorizeURL: cfg.OAuthAuthorizeURL,
+		TokenURL:     cfg.OAuthTokenURL,
+		RedirectURL:  cfg.OAuthRedirectURL,
+		Scopes:       cfg.OAuthScopes,
+		Upstream:     cfg.UpstreamURL,
+		Store:        store,
+		StateKeys:    cfg.EncryptionKeys,
+		HTTPClient:   &http.Client{Timeout: cfg.TokenTimeout, Transport: proxy.NewUpstreamTransport(cfg.UpstreamTimeout)},
+		Logger:       logger.With("listener", "connect"),
+		Metrics:      m,
+		Secrets:      secrets,
+	})
+	if err != nil {
+		ln.Close()
+		return nil, nil, err
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		// A callback makes two upstream calls (token exchange, installation), each bounded
+		// by PLEO_PROXY_TOKEN_TIMEOUT.
+		WriteTimeout:   2*cfg.TokenTimeout + 10*time.Second,
+		IdleTimeout:    60 * time.Second,
+		MaxHeaderBytes: 32 << 10,
+		ErrorLog:       errLog,
+	}
+	return srv, ln, nil
 }
 
 func clientTokens(cfg *config.Config) []credentials.Secret {

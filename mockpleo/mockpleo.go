@@ -6,8 +6,10 @@
 //
 //   - GET  /oauth/authorize: authorisation code request with PKCE (S256 only).
 //     Consent is automatic: the company is the query parameter
-//     mock_company_id when given, else a new random UUID; mock_deny=1
-//     answers error=access_denied instead.
+//     mock_company_id when given, else [Options.ConsentCompanyID], else a
+//     new random UUID; mock_deny=1 answers error=access_denied instead. Once
+//     [Server.SetRedirectURIs] registers redirect URIs, redirect_uri must
+//     equal one of them exactly, as Pleo matches registered URIs.
 //   - POST /oauth/token: grant_type=authorization_code and
 //     grant_type=refresh_token, client authentication by HTTP Basic only
 //     (client_secret_basic). Every refresh rotates both tokens and
@@ -87,6 +89,11 @@ type Options struct {
 	// Logger receives the mock's events (never a token or key); nil
 	// discards them.
 	Logger *slog.Logger
+	// ConsentCompanyID is the company the automatic consent grants when an
+	// authorisation request carries no mock_company_id (a browser following
+	// redirects cannot add one); empty means a new random company each time.
+	// It must be a UUID.
+	ConsentCompanyID string
 }
 
 // Stats counts what the mock has seen since [New]. See [Server.Stats].
@@ -123,6 +130,7 @@ type Server struct {
 	now          func() time.Time
 	log          *slog.Logger
 	handler      http.Handler
+	consentCo    string
 
 	mu         sync.Mutex
 	nextFamily int64
@@ -133,6 +141,7 @@ type Server struct {
 	apiKeys    map[string]*apiKey
 	failStatus int
 	tokenDelay time.Duration
+	redirects  []string // registered redirect URIs; nil: any valid one
 
 	tokenCalls, refreshCalls, codeExchanges, reuseDetections atomic.Int64
 	invalidGrants, apiCalls, unauthorized                    atomic.Int64
@@ -188,6 +197,7 @@ func New(opts Options) *Server {
 		refreshTTL:   opts.RefreshTTL,
 		now:          opts.Now,
 		log:          opts.Logger,
+		consentCo:    strings.ToLower(opts.ConsentCompanyID),
 		families:     make(map[string][]*family),
 		access:       make(map[string]*accessToken),
 		refresh:      make(map[string]*refreshToken),

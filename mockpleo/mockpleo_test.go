@@ -899,3 +899,45 @@ func TestDefaults(t *testing.T) {
 		t.Fatalf("refresh with default client: %d", resp.StatusCode)
 	}
 }
+
+// The consent company and registered redirect URIs, which `serve --dev` uses so a browser
+// following redirects (which cannot add mock_company_id) connects a known company.
+func TestConsentCompanyAndRegisteredRedirects(t *testing.T) {
+	c := &clock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	m := New(Options{ClientID: testClientID, ClientSecret: testSecret, Now: c.Now, ConsentCompanyID: strings.ToUpper(companyA)})
+	ts := httptest.NewServer(m.Handler())
+	t.Cleanup(ts.Close)
+	e := &env{m: m, ts: ts, clock: c, hc: &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+	companyOf := func(p url.Values) string {
+		t.Helper()
+		status, body := e.exchange(t, e.code(t, p), redirectURI, goodVerifier)
+		if status != 200 {
+			t.Fatalf("exchange: %d %v", status, body)
+		}
+		_, b := e.api(t, http.MethodGet, "/v1/installations/me", bearer(body["access_token"].(string)), nil, nil)
+		var doc map[string]any
+		_ = json.Unmarshal(b, &doc)
+		return strings.TrimPrefix(doc["resource"].(string), CompanyURNPrefix)
+	}
+	if got := companyOf(authParams(goodVerifier)); got != companyA {
+		t.Fatalf("consented company %s, want %s", got, companyA)
+	}
+	p := authParams(goodVerifier)
+	p.Set("mock_company_id", companyB)
+	if got := companyOf(p); got != companyB {
+		t.Fatalf("mock_company_id: got %s, want %s", got, companyB)
+	}
+
+	// Registered redirect URIs match exactly.
+	m.SetRedirectURIs(redirectURI)
+	for _, other := range []string{redirectURI + "/", "http://127.0.0.1:8082/callback", "http://localhost:8081/callback"} {
+		p := authParams(goodVerifier)
+		p.Set("redirect_uri", other)
+		if status, _, _ := e.authorize(t, p); status != http.StatusBadRequest {
+			t.Fatalf("%s: %d, want 400", other, status)
+		}
+	}
+	if got := companyOf(authParams(goodVerifier)); got != companyA {
+		t.Fatalf("registered redirect: %s", got)
+	}
+}

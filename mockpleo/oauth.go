@@ -325,6 +325,10 @@ func (s *Server) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	if !s.redirectRegistered(redirectURI) {
+		http.Error(w, "redirect_uri is not registered for this client", http.StatusBadRequest)
+		return
+	}
 	state := q.Get("state")
 	fail := func(code, desc string) {
 		s.log.Info("authorization request refused", "error", code, "reason", desc)
@@ -366,6 +370,9 @@ func (s *Server) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	}
 	company := q.Get("mock_company_id")
 	if company == "" {
+		company = s.consentCo
+	}
+	if company == "" {
 		company = newUUID()
 	} else if !isUUID(company) {
 		http.Error(w, "mock_company_id must be a UUID", http.StatusBadRequest)
@@ -384,6 +391,21 @@ func (s *Server) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	s.log.Info("authorization granted", "company_id", company)
 	redirectTo(w, redirectURI, url.Values{"code": {code}, "state": {state}})
+}
+
+// SetRedirectURIs registers the client's redirect URIs: from now on an
+// authorisation request's redirect_uri must equal one of them exactly (Pleo's
+// rule); with none registered (the default) any valid redirect URI is taken.
+func (s *Server) SetRedirectURIs(uris ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.redirects = append([]string(nil), uris...)
+}
+
+func (s *Server) redirectRegistered(uri string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.redirects) == 0 || slices.Contains(s.redirects, uri)
 }
 
 // redirectTo answers 302 to base with params added to its query.

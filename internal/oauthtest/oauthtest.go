@@ -115,6 +115,7 @@ type Server struct {
 
 	tokenFailure atomic.Int64
 	tokenDelay   atomic.Int64
+	consent      atomic.Pointer[Consent]
 
 	tokenCalls, refreshCalls, codeExchanges atomic.Int64
 	reuseDetections, invalidGrants          atomic.Int64
@@ -328,6 +329,26 @@ func (s *Server) Grant(ctx context.Context, companyID string) (*xoauth2.Token, e
 	return tok, nil
 }
 
+// Consent is how the authorisation endpoint's automatic consent answers a request that
+// names no company_id and no deny parameter, as a person at Pleo's consent screen would:
+// a client following redirects (a browser in a test) cannot add those parameters itself.
+type Consent struct {
+	// CompanyID is the company the person consents for; empty picks a new random one per
+	// request (the default).
+	CompanyID string
+	// Deny makes the person refuse: the redirect carries error=access_denied.
+	Deny bool
+}
+
+// SetConsent sets the automatic consent for later authorisation requests. A request's own
+// company_id and deny=1 parameters still win. CompanyID must be a UUID or empty.
+func (s *Server) SetConsent(c Consent) {
+	if c.CompanyID != "" {
+		c.CompanyID = canonicalCompany(c.CompanyID)
+	}
+	s.consent.Store(&c)
+}
+
 // RevokeAccessTokens makes every current access token of the company
 // invalid, server-side; its refresh tokens stay valid.
 func (s *Server) RevokeAccessTokens(companyID string) {
@@ -375,8 +396,9 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // handleAuthorize auto-consents: the company is the company_id query
-// parameter (a UUID) or a new random one; every requested scope the client
-// has is granted. deny=1 answers access_denied.
+// parameter (a UUID), else the one set by SetConsent, else a new random one;
+// every requested scope the client has is granted. deny=1 (or SetConsent's
+// Deny) answers access_denied.
 func (s *Server) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	if r.Method != http.MethodGet {
@@ -396,11 +418,18 @@ func (s *Server) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 		s.provider.WriteAuthorizeError(ctx, w, ar, err)
 		return
 	}
-	if q.Get("deny") == "1" {
+	consent := s.consent.Load()
+	if consent == nil {
+		consent = &Consent{}
+	}
+	if q.Get("deny") == "1" || consent.Deny && q.Get("company_id") == "" {
 		s.provider.WriteAuthorizeError(ctx, w, ar, fosite.ErrAccessDenied.WithHint("The resource owner denied the request."))
 		return
 	}
-	company := uuid.NewString()
+	company := consent.CompanyID
+	if company == "" {
+		company = uuid.NewString()
+	}
 	if c := q.Get("company_id"); c != "" {
 		id, err := uuid.Parse(c)
 		if err != nil {

@@ -750,3 +750,67 @@ func TestConcurrentAPICalls(t *testing.T) {
 		t.Fatalf("stats: %+v", st)
 	}
 }
+
+// SetConsent drives the automatic consent for a client that cannot add company_id or deny
+// itself (one following redirects); a request's own parameters still win.
+func TestSetConsent(t *testing.T) {
+	s := oauthtest.NewServer(t, oauthtest.Options{})
+	verifier := xoauth2.GenerateVerifier()
+	s256 := url.Values{
+		"code_challenge":        {xoauth2.S256ChallengeFromVerifier(verifier)},
+		"code_challenge_method": {"S256"},
+	}
+	exchange := func(code string) tokenResp {
+		t.Helper()
+		status, tr := postForm(t, s, s.TokenURL(), url.Values{
+			"grant_type": {"authorization_code"}, "code": {code},
+			"redirect_uri": {"http://localhost/callback"}, "code_verifier": {verifier},
+		}, true)
+		if status != http.StatusOK {
+			t.Fatalf("exchange: %d %+v", status, tr)
+		}
+		return tr
+	}
+	companyOf := func(token string) string {
+		t.Helper()
+		status, m, _ := api(t, http.DefaultClient, s, token, http.MethodGet, "/v1/installations/me", nil)
+		if status != http.StatusOK {
+			t.Fatalf("installations/me: %d", status)
+		}
+		return strings.TrimPrefix(m["resource"].(string), "urn:pleo:company:")
+	}
+
+	// Default: a new random company each time.
+	a := companyOf(exchange(authorize(t, s, s256).Get("code")).AccessToken)
+	b := companyOf(exchange(authorize(t, s, s256).Get("code")).AccessToken)
+	if a == b {
+		t.Fatalf("default consent reused company %s", a)
+	}
+
+	company := "c0de0000-0000-4000-8000-00000000000a"
+	s.SetConsent(oauthtest.Consent{CompanyID: strings.ToUpper(company)})
+	for range 2 {
+		if got := companyOf(exchange(authorize(t, s, s256).Get("code")).AccessToken); got != company {
+			t.Fatalf("consented company %s, want %s", got, company)
+		}
+	}
+	// The request's company_id wins.
+	other := uuid.NewString()
+	withCompany := url.Values{"company_id": {other}}
+	for k, v := range s256 {
+		withCompany[k] = v
+	}
+	if got := companyOf(exchange(authorize(t, s, withCompany).Get("code")).AccessToken); got != other {
+		t.Fatalf("company_id parameter: got %s, want %s", got, other)
+	}
+
+	s.SetConsent(oauthtest.Consent{Deny: true})
+	q := authorize(t, s, s256)
+	if q.Get("error") != "access_denied" || q.Get("code") != "" || q.Get("state") != "state-1234567890" {
+		t.Fatalf("SetConsent deny: %v", q)
+	}
+	s.SetConsent(oauthtest.Consent{})
+	if q := authorize(t, s, s256); q.Get("code") == "" {
+		t.Fatalf("consent restored: %v", q)
+	}
+}
