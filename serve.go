@@ -291,6 +291,7 @@ func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store
 		TokenURL:     cfg.OAuthTokenURL,
 		RedirectURL:  cfg.OAuthRedirectURL,
 		Scopes:       cfg.OAuthScopes,
+		SuccessURL:   cfg.ConnectSuccessURL,
 		Upstream:     cfg.UpstreamURL,
 		Store:        store,
 		StateKeys:    cfg.EncryptionKeys,

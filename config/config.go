@@ -110,6 +110,10 @@ type Config struct {
 	// ConnectAddr is the consent flow listener's host:port (PLEO_PROXY_CONNECT_ADDR); empty
 	// turns the consent flow off.
 	ConnectAddr string
+	// ConnectSuccessURL, when set (PLEO_PROXY_CONNECT_SUCCESS_URL), is where a completed
+	// consent flow sends the browser (303, with tenant_id and company_id added to its query)
+	// instead of showing the result page. Nil when unset.
+	ConnectSuccessURL *url.URL
 	// KeepaliveInterval is how long an OAuth credential may go unrefreshed before it is
 	// refreshed anyway (PLEO_PROXY_KEEPALIVE_INTERVAL).
 	KeepaliveInterval time.Duration
@@ -174,6 +178,7 @@ type raw struct {
 	OAuthScopes           string `env:"OAUTH_SCOPES"`
 	OAuthRedirectURL      string `env:"OAUTH_REDIRECT_URL"`
 	ConnectAddr           string `env:"CONNECT_ADDR"`
+	ConnectSuccessURL     string `env:"CONNECT_SUCCESS_URL"`
 	KeepaliveInterval     string `env:"KEEPALIVE_INTERVAL" envDefault:"24h"`
 	CompanyHeader         string `env:"COMPANY_HEADER" envDefault:"X-Pleo-Company-Id"`
 	TenantHeader          string `env:"TENANT_HEADER" envDefault:"X-Tenant-Id"`
@@ -316,6 +321,7 @@ func Parse(environ map[string]string) (*Config, error) {
 	c.OAuthAuthorizeURL = p.url("OAUTH_AUTHORIZE_URL", r.OAuthAuthorizeURL, defaults.authorize, false)
 	c.OAuthScopes = p.scopes("OAUTH_SCOPES", r.OAuthScopes)
 	c.OAuthRedirectURL = p.url("OAUTH_REDIRECT_URL", r.OAuthRedirectURL, "", true)
+	c.ConnectSuccessURL = p.url("CONNECT_SUCCESS_URL", r.ConnectSuccessURL, "", true)
 	if r.ConnectAddr != "" {
 		c.ConnectAddr = p.hostPort("CONNECT_ADDR", r.ConnectAddr)
 	}
@@ -842,6 +848,7 @@ func (c Config) summary() []slog.Attr {
 		slog.String("oauth_scopes", strings.Join(c.OAuthScopes, " ")),
 		slog.String("oauth_redirect_url", urlString(c.OAuthRedirectURL)),
 		slog.String("connect_addr", c.ConnectAddr),
+		slog.String("connect_success_url", urlString(c.ConnectSuccessURL)),
 		slog.String("keepalive_interval", c.KeepaliveInterval.String()),
 		slog.String("company_header", c.CompanyHeader),
 		slog.String("tenant_header", c.TenantHeader),

@@ -142,6 +142,7 @@ func TestParseValues(t *testing.T) {
 		"PLEO_PROXY_OAUTH_SCOPES":        "users:read, expenses:read expenses:read,,",
 		"PLEO_PROXY_OAUTH_REDIRECT_URL":  "http://localhost:8081/callback",
 		"PLEO_PROXY_CONNECT_ADDR":        ":8081",
+		"PLEO_PROXY_CONNECT_SUCCESS_URL": "https://app.example.com/pleo/connected",
 		"PLEO_PROXY_KEEPALIVE_INTERVAL":  "12h",
 		"PLEO_PROXY_COMPANY_HEADER":      "x-company",
 		"PLEO_PROXY_TENANT_HEADER":       "X-ERP-TENANT",
@@ -177,6 +178,7 @@ func TestParseValues(t *testing.T) {
 		OAuthScopes:       []string{"users:read", "expenses:read"},
 		OAuthRedirectURL:  mustURL("http://localhost:8081/callback"),
 		ConnectAddr:       ":8081",
+		ConnectSuccessURL: mustURL("https://app.example.com/pleo/connected"),
 		KeepaliveInterval: 12 * time.Hour,
 		CompanyHeader:     "X-Company",
 		TenantHeader:      "X-Erp-Tenant",
@@ -299,6 +301,8 @@ func TestParseProblems(t *testing.T) {
 		{"redirect plain http", map[string]string{"PLEO_PROXY_OAUTH_REDIRECT_URL": "http://proxy.example.com/callback"}, "OAUTH_REDIRECT_URL", "must use https"},
 		{"redirect relative", map[string]string{"PLEO_PROXY_OAUTH_REDIRECT_URL": "/callback"}, "OAUTH_REDIRECT_URL", "absolute"},
 		{"connect not host:port", map[string]string{"PLEO_PROXY_CONNECT_ADDR": "localhost"}, "CONNECT_ADDR", "host:port"},
+		{"success URL over http", map[string]string{"PLEO_PROXY_CONNECT_SUCCESS_URL": "http://app.example.com/done"}, "CONNECT_SUCCESS_URL", "must use https"},
+		{"success URL not absolute", map[string]string{"PLEO_PROXY_CONNECT_SUCCESS_URL": "/done"}, "CONNECT_SUCCESS_URL", "absolute"},
 		{"connect without client id", map[string]string{"PLEO_PROXY_CONNECT_ADDR": ":8081"}, "OAUTH_CLIENT_ID", "required when PLEO_PROXY_CONNECT_ADDR"},
 		{"connect without client secret", map[string]string{"PLEO_PROXY_CONNECT_ADDR": ":8081"}, "OAUTH_CLIENT_SECRET", "required when PLEO_PROXY_CONNECT_ADDR"},
 		{"connect without redirect", map[string]string{"PLEO_PROXY_CONNECT_ADDR": ":8081"}, "OAUTH_REDIRECT_URL", "required when PLEO_PROXY_CONNECT_ADDR"},
@@ -487,8 +491,8 @@ func TestVariables(t *testing.T) {
 			t.Errorf("Variables() lacks %s", want)
 		}
 	}
-	if len(vars) != 33 {
-		t.Errorf("Variables() has %d names, want 33", len(vars))
+	if len(vars) != 34 {
+		t.Errorf("Variables() has %d names, want 34", len(vars))
 	}
 }
 

@@ -63,6 +63,9 @@ type Options struct {
 	RedirectURL *url.URL
 	// Scopes are asked for, space-separated, in this order.
 	Scopes []string
+	// SuccessURL, if set, is where a completed flow sends the browser: 303 See Other, with
+	// tenant_id and company_id added to its query. Nil shows the result page instead.
+	SuccessURL *url.URL
 	// Upstream is Pleo's external API, asked GET /v1/installations/me with the new token.
 	Upstream *url.URL
 	// Store receives the credential. Its change notifications make a Broker drop any cached
@@ -92,6 +95,7 @@ type Options struct {
 type Handler struct {
 	oauth        *oauth2.Config
 	callbackPath string
+	success      *url.URL
 	secureCookie bool
 	upstream     *url.URL
 	store        credentials.Store
@@ -158,6 +162,7 @@ func New(opts Options) (*Handler, error) {
 			Scopes:      append([]string(nil), opts.Scopes...),
 		},
 		callbackPath: callback,
+		success:      opts.SuccessURL,
 		secureCookie: opts.RedirectURL.Scheme == "https",
 		upstream:     opts.Upstream,
 		store:        opts.Store,
@@ -300,6 +305,16 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) {
 	}
 	h.metrics.ConnectCompleted()
 	h.log.Info("consent flow completed: credential stored", "tenant_id", tenant, "company_id", company)
+	if h.success != nil {
+		u := *h.success
+		q := u.Query()
+		q.Set("tenant_id", tenant)
+		q.Set("company_id", company)
+		u.RawQuery = q.Encode()
+		securityHeaders(w.Header())
+		http.Redirect(w, r, u.String(), http.StatusSeeOther)
+		return
+	}
 	writePage(w, http.StatusOK, page{OK: true, Title: "Connected",
 		Message: "Pleo is now connected. You can close this window.",
 		Details: []detail{{"Tenant", echo(tenant)}, {"Pleo company", company}}})

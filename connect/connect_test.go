@@ -303,6 +303,45 @@ func TestConnectEndToEnd(t *testing.T) {
 	}
 }
 
+// With a success URL, a completed flow sends the browser there (303) naming tenant and
+// company; a failed one still shows its page and never reaches it.
+func TestConnectSuccessURL(t *testing.T) {
+	var arrived []*url.URL
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived = append(arrived, r.URL)
+		io.WriteString(w, "welcome back")
+	}))
+	t.Cleanup(app.Close)
+	e := newEnv(t, func(o *Options) { o.SuccessURL = mustURL(t, app.URL+"/pleo/connected") })
+
+	browser := newBrowser(t)
+	var hops []int
+	browser.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		hops = append(hops, req.Response.StatusCode)
+		return nil
+	}
+	r := get(t, browser, e.connectURL("erp-tenant-7"))
+	if r.status != http.StatusOK || r.body != "welcome back" || len(arrived) != 1 {
+		t.Fatalf("flow ended at %s with %d %q; the app saw %v", r.url, r.status, r.body, arrived)
+	}
+	if got := arrived[0]; got.Path != "/pleo/connected" || got.Query().Get("tenant_id") != "erp-tenant-7" || got.Query().Get("company_id") != companyA {
+		t.Fatalf("success URL reached as %s", got)
+	}
+	if hops[len(hops)-1] != http.StatusSeeOther {
+		t.Fatalf("last redirect was %d, want 303 (redirects: %v)", hops[len(hops)-1], hops)
+	}
+	if len(e.stored()) != 1 || e.connects("completed") != 1 {
+		t.Fatalf("stored %d, completed %v", len(e.stored()), e.connects("completed"))
+	}
+
+	// A replayed callback fails with its page and does not go to the success URL.
+	cb := e.untilCallback(newBrowser(t), "erp-tenant-8")
+	fresh := newBrowser(t)
+	if r := get(t, fresh, cb.String()); r.status != http.StatusBadRequest || len(arrived) != 1 {
+		t.Fatalf("callback from another browser: %d, app saw %d requests", r.status, len(arrived))
+	}
+}
+
 // A reconnect replaces the company's credential, clears reauthorization_required, and the
 // broker stops answering from its cached (rejected) credential at once.
 func TestReconnectReplacesRejectedCredential(t *testing.T) {
