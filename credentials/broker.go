@@ -73,9 +73,11 @@ type BrokerOptions struct {
 // front of the store, refreshes OAuth tokens before they expire (one refresh per company at a
 // time, detached from the caller's cancellation), persists every rotated refresh token before
 // its access token is used, and keeps a rotated pair in memory, still in use, while its store
-// write fails and is retried.
+// write fails and is retried. When the store is shared by many processes (it implements
+// RefreshLocker), one refresh per company runs across all of them (see refreshShared).
 type Broker struct {
 	store         Store
+	locker        RefreshLocker // the store's cross-process refresh lock, if it has one
 	oauth         *oauth2.Config
 	httpClient    *http.Client
 	refreshBefore time.Duration
@@ -190,6 +192,9 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 			ClientSecret: opts.OAuth.ClientSecret.Reveal(),
 			Endpoint:     oauth2.Endpoint{TokenURL: opts.OAuth.TokenURL, AuthStyle: oauth2.AuthStyleInHeader},
 		}
+	}
+	if l, ok := opts.Store.(RefreshLocker); ok {
+		b.locker = l
 	}
 	b.stopCtx, b.stop = context.WithCancel(context.Background())
 	b.unsubscribe = opts.Store.Subscribe(b.invalidate)

@@ -1,17 +1,24 @@
 package credentials
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // RefreshLocker is implemented by stores that many processes share (PostgreSQL). The Broker
 // uses it so that one refresh per credential runs across all replicas: it takes the lock,
-// re-reads the credential under it, adopts a token another replica already obtained or calls
-// the token endpoint, and commits the rotated pair before releasing the lock.
+// re-reads the credential under it, adopts a token another replica already obtained or
+// records a lease and calls the token endpoint, and commits the rotated pair before releasing
+// the lock.
 type RefreshLocker interface {
 	// LockRefresh blocks until this process holds the company's refresh lock (or ctx ends),
 	// and returns the lock with the credential as read under it. It returns ErrNotFound for an
 	// unknown company, and ErrRefreshInProgress when another process holds an unexpired
-	// refresh lease whose outcome is unknown (its commit failed): then nobody may call the
-	// token endpoint for this credential until that lease is resolved.
+	// refresh lease whose outcome is unknown (its commit failed, or it died mid-exchange):
+	// then nobody may call the token endpoint for this credential until that lease is
+	// resolved (a successful Update of the credential) or expires. The lock lives exactly as
+	// long as the RefreshLock: until Commit or Release, or until the holder's database
+	// connection ends; it has no expiry of its own.
 	LockRefresh(ctx context.Context, companyID string) (RefreshLock, error)
 }
 
@@ -19,13 +26,21 @@ type RefreshLocker interface {
 type RefreshLock interface {
 	// Current is the credential as read under the lock.
 	Current() Credential
-	// Commit stores next (compare-and-swap on the refresh token read under the lock) and
-	// releases the lock. A nil error means the rotated pair is durable. On error the lock is
-	// released but the lease recorded before the exchange stays until a later Update of this
-	// credential (with next.Version = Current().Version) succeeds or the lease expires, so no
-	// other process calls the token endpoint while the outcome is unknown.
+	// Lease durably records, before the token endpoint is called, that this process is about
+	// to present Current's refresh token, for at most d. It returns ErrConflict when the
+	// credential changed since it was read (another writer replaced it). Without a lease,
+	// Commit and Release behave the same; with one, only a successful Commit (or Release, or
+	// a later successful Update) clears it.
+	Lease(ctx context.Context, d time.Duration) error
+	// Commit stores next's tokens, expiry, state and error (compare-and-swap on the refresh
+	// token read under the lock, in one transaction), clears the lease and releases the lock.
+	// It returns the stored credential; ErrConflict when the credential was replaced since it
+	// was read. A nil error means the rotated pair is durable. On error the lock is released
+	// but the lease stays until a later Update of this credential succeeds or the lease
+	// expires, so no other process calls the token endpoint while the outcome is unknown.
 	Commit(ctx context.Context, next Credential) (Credential, error)
-	// Release gives the lock up without a refresh (the token was adopted, or the exchange
-	// failed before the token endpoint answered with new tokens); it clears the lease.
+	// Release gives the lock up without storing anything (the token was adopted, or the
+	// exchange failed before the token endpoint answered with new tokens) and clears the
+	// lease. It is safe to call after Commit, as a no-op.
 	Release(ctx context.Context) error
 }

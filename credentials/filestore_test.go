@@ -690,8 +690,8 @@ func TestOpen(t *testing.T) {
 		{"file://" + dir + "/c.json?mode=ro", "no query", true},
 		{dir + "/credentials.json", "no scheme", true},
 		{"", "empty", true},
-		{"postgres://user:hunter2@db.example/creds?sslmode=require&password=hunter2", "not supported yet", true},
-		{"postgresql://db.example/creds", "not supported yet", true},
+		{"postgres://user:hunter2@127.0.0.1:1/creds?sslmode=disable&password=hunter2&connect_timeout=1", "cannot connect", true},
+		{"postgresql://127.0.0.1:1/creds?connect_timeout=1", "cannot connect", true},
 		{"s3://bucket/credentials.json", `unknown scheme "s3"`, true},
 		{"file://user:hunter2@host/%zz", "not a valid URL", true},
 	}

@@ -1,12 +1,16 @@
 package credentials
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
 	"time"
 )
+
+// pgOpenTimeout bounds connecting to PostgreSQL and migrating its schema in Open.
+const pgOpenTimeout = 30 * time.Second
 
 // OpenOptions configures Open. The zero value is usable.
 type OpenOptions struct {
@@ -27,7 +31,8 @@ type OpenOptions struct {
 //
 //   - memory:// is an empty MemoryStore;
 //   - file:///absolute/path/credentials.json is a FileStore (file://localhost/... too);
-//   - postgres:// and postgresql:// are not supported yet.
+//   - postgres://… and postgresql://… are a PGStore (see OpenPGStore): the database must be
+//     reachable, and its schema is migrated on the spot.
 //
 // Errors never repeat a password or query the URL may hold.
 func Open(rawURL string, opts OpenOptions) (Store, error) {
@@ -69,7 +74,13 @@ func Open(rawURL string, opts OpenOptions) (Store, error) {
 		}
 		return s, nil
 	case "postgres", "postgresql":
-		return nil, errors.New("credentials: store URL: the postgres store is not supported yet")
+		ctx, cancel := context.WithTimeout(context.Background(), pgOpenTimeout)
+		defer cancel()
+		s, err := OpenPGStore(ctx, rawURL, PGStoreOptions{Logger: opts.Logger, Sealer: opts.Sealer})
+		if err != nil {
+			return nil, err // names neither the URL nor its password
+		}
+		return s, nil
 	case "":
 		return nil, errors.New("credentials: store URL has no scheme (want memory://, file:///absolute/path or postgres://)")
 	default:

@@ -21,9 +21,12 @@ func (b *Broker) refresh(ctx context.Context, companyID, trigger string, stale G
 	for {
 		queued := b.now()
 		ch := b.flights.DoChan(companyID, func() (any, error) {
-			b.metrics.RefreshLockWait(b.now().Sub(queued))
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.tokenTimeout)
 			defer cancel()
+			if b.locker != nil {
+				return b.refreshShared(rctx, companyID, trigger, stale, queued)
+			}
+			b.metrics.RefreshLockWait(b.now().Sub(queued))
 			return b.refreshLocked(rctx, companyID, trigger, stale)
 		})
 		select {
@@ -104,35 +107,12 @@ func (b *Broker) refreshLocked(ctx context.Context, companyID, trigger string, s
 
 	b.log.DebugContext(ctx, "refreshing token", "company_id", companyID, "trigger", trigger,
 		"expires_at", cur.ExpiresAt, "rejected_by_upstream", trigger == TriggerUnauthorized)
-	start := b.now()
-	tok, err := b.oauth.TokenSource(context.WithValue(ctx, oauth2.HTTPClient, b.httpClient),
-		&oauth2.Token{RefreshToken: cur.RefreshToken.Reveal()}).Token()
-	received := b.now()
-	arrived := time.Now() // monotonic, for the crash window; the injected clock may stand still
-	took := received.Sub(start)
-	if err != nil {
-		return nil, b.refreshFailed(ctx, cur, trigger, err, gen, took)
+	x := b.exchange(ctx, cur)
+	if x.err != nil {
+		return nil, b.refreshFailed(ctx, cur, trigger, x.err, gen, x.took, b.store.Update)
 	}
-
-	next := cur
-	next.AccessToken = Secret(tok.AccessToken)
-	next.RefreshToken = Secret(tok.RefreshToken) // x/oauth2 keeps the current one when none came back
-	switch {
-	case tok.ExpiresIn > 0:
-		// On the broker's clock, counted from before the request: x/oauth2 computes Expiry
-		// with time.Now, which an injected clock does not move.
-		next.ExpiresAt = start.Add(time.Duration(tok.ExpiresIn) * time.Second)
-	case !tok.Expiry.IsZero():
-		next.ExpiresAt = tok.Expiry
-	default:
-		next.ExpiresAt = received.Add(defaultAccessTTL)
-	}
-	next.LastRefreshedAt = received
-	next.LastError = ""
-	next.State = StateActive
-	if !cur.LastRefreshedAt.IsZero() {
-		b.metrics.TokenAgeAtRefresh(received.Sub(cur.LastRefreshedAt))
-	}
+	next := b.rotated(cur, x)
+	arrived, took := x.arrived, x.took
 	saved, err := b.persist(ctx, stored, cur.RefreshToken, next)
 	window := time.Since(arrived)
 	b.metrics.TokenRefresh(trigger, metrics.RefreshSuccess, took)
@@ -176,7 +156,11 @@ func terminalRefreshError(err error, re **oauth2.RetrieveError) bool {
 // refreshFailed classifies a token endpoint failure: a terminal one (terminalRefreshError)
 // marks the credential reauthorization_required, and the endpoint is not asked again until the
 // credential changes; anything else backs off per company.
-func (b *Broker) refreshFailed(ctx context.Context, cur Credential, trigger string, err error, gen uint64, took time.Duration) error {
+//
+// mark records the reauthorization_required state: the store's Update, or the commit of a
+// cross-process refresh lock.
+func (b *Broker) refreshFailed(ctx context.Context, cur Credential, trigger string, err error, gen uint64, took time.Duration,
+	mark func(context.Context, Credential) (Credential, error)) error {
 	var re *oauth2.RetrieveError
 	if terminalRefreshError(err, &re) {
 		code := re.ErrorCode
@@ -194,7 +178,7 @@ func (b *Broker) refreshFailed(ctx context.Context, cur Credential, trigger stri
 		marked := cur
 		marked.State = StateReauthorizationRequired
 		marked.LastError = "token endpoint rejected the refresh token: " + code
-		if saved, werr := b.store.Update(ctx, marked); werr == nil {
+		if saved, werr := mark(ctx, marked); werr == nil {
 			b.remember(saved, gen)
 		} else {
 			b.log.WarnContext(ctx, "could not record reauthorization_required", "company_id", cur.CompanyID, "error", werr)
@@ -280,6 +264,12 @@ func (b *Broker) keepPending(next Credential, stored Secret, cause error) {
 func (b *Broker) retryWrite(companyID string) {
 	defer b.wg.Done()
 	wait := 100 * time.Millisecond
+	maxWait := 30 * time.Second
+	if b.locker != nil {
+		// Other replicas wait for this write (the refresh lease): land it well before the
+		// lease expires.
+		maxWait = min(maxWait, leaseFactor*b.tokenTimeout/8)
+	}
 	for {
 		select {
 		case <-b.stopCtx.Done():
@@ -289,7 +279,7 @@ func (b *Broker) retryWrite(companyID string) {
 			return
 		case <-time.After(wait):
 		}
-		wait = min(wait*2, 30*time.Second)
+		wait = min(wait*2, maxWait)
 		// Serialise with refreshes of the same company, so a refresh never reads a pair that
 		// this write is about to replace. The flight's value is a writeAttempt, never an
 		// error, so that a refresh joining it can tell it from a refresh (and retry); this
@@ -353,4 +343,165 @@ func (b *Broker) writePending(companyID string) error {
 	b.cache.Add(companyID, b.newEntry(saved))
 	b.log.Info("rotated refresh token persisted after retry", "company_id", companyID)
 	return nil
+}
+
+// exchangeResult is one token endpoint call.
+type exchangeResult struct {
+	tok             *oauth2.Token
+	err             error
+	start, received time.Time     // on the broker's clock
+	arrived         time.Time     // monotonic: when the answer arrived (for the commit window)
+	took            time.Duration // on the broker's clock
+}
+
+// exchange presents cur's refresh token to the token endpoint.
+func (b *Broker) exchange(ctx context.Context, cur Credential) exchangeResult {
+	x := exchangeResult{start: b.now()}
+	x.tok, x.err = b.oauth.TokenSource(context.WithValue(ctx, oauth2.HTTPClient, b.httpClient),
+		&oauth2.Token{RefreshToken: cur.RefreshToken.Reveal()}).Token()
+	x.received = b.now()
+	x.arrived = time.Now() // monotonic, for the crash window; the injected clock may stand still
+	x.took = x.received.Sub(x.start)
+	return x
+}
+
+// rotated is cur with the tokens of a successful exchange.
+func (b *Broker) rotated(cur Credential, x exchangeResult) Credential {
+	next := cur
+	next.AccessToken = Secret(x.tok.AccessToken)
+	next.RefreshToken = Secret(x.tok.RefreshToken) // x/oauth2 keeps the current one when none came back
+	switch {
+	case x.tok.ExpiresIn > 0:
+		// On the broker's clock, counted from before the request: x/oauth2 computes Expiry
+		// with time.Now, which an injected clock does not move.
+		next.ExpiresAt = x.start.Add(time.Duration(x.tok.ExpiresIn) * time.Second)
+	case !x.tok.Expiry.IsZero():
+		next.ExpiresAt = x.tok.Expiry
+	default:
+		next.ExpiresAt = x.received.Add(defaultAccessTTL)
+	}
+	next.LastRefreshedAt = x.received
+	next.LastError = ""
+	next.State = StateActive
+	if !cur.LastRefreshedAt.IsZero() {
+		b.metrics.TokenAgeAtRefresh(x.received.Sub(cur.LastRefreshedAt))
+	}
+	return next
+}
+
+// leaseFactor times TokenTimeout is how long a refresh lease lasts: long enough to cover the
+// exchange and a failed commit's first write retries, short enough that a replica that died
+// between the token endpoint's answer and its commit blocks the credential for a bounded time.
+const leaseFactor = 6
+
+// refreshShared is refreshLocked for a store that many processes share (a RefreshLocker):
+// it takes the company's cross-process refresh lock, re-reads the credential under it and
+// adopts a token another replica obtained meanwhile; otherwise it records a refresh lease,
+// calls the token endpoint and commits the rotated pair (compare-and-swap on the refresh token
+// read under the lock) before anything uses it. A failed commit keeps the pair in memory, in
+// use, with its write retried; the lease keeps every other replica from the token endpoint
+// until that write lands or the lease expires.
+func (b *Broker) refreshShared(ctx context.Context, companyID, trigger string, stale Grant, queued time.Time) (*entry, error) {
+	gen := b.gen.Load()
+	lock, err := b.locker.LockRefresh(ctx, companyID)
+	b.metrics.RefreshLockWait(b.now().Sub(queued))
+	if err != nil {
+		if errors.Is(err, ErrRefreshInProgress) {
+			b.log.WarnContext(ctx, "refresh skipped: another replica's refresh of this credential has an unknown outcome", "company_id", companyID, "error", err)
+			return nil, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
+		}
+		return nil, storeErr(err)
+	}
+	defer func() {
+		if err := lock.Release(context.WithoutCancel(ctx)); err != nil {
+			b.log.WarnContext(ctx, "could not release a refresh lease; it expires by itself", "company_id", companyID, "error", err)
+		}
+	}()
+
+	cur := lock.Current()
+	stored := cur.RefreshToken
+	b.mu.Lock()
+	p, pending := b.pending[companyID]
+	if pending && p.stored != stored {
+		// The pending write landed (the row holds its token), or another writer replaced
+		// the credential since: either way the row is authoritative.
+		delete(b.pending, companyID)
+		pending = false
+	}
+	b.mu.Unlock()
+	if pending {
+		cur = p.next // ours is newer than the row: its write is still being retried
+	}
+	e := b.newEntry(cur)
+	if cur.Type != OAuth2 {
+		return b.remember(cur, gen), nil
+	}
+	if cur.State == StateReauthorizationRequired {
+		b.remember(cur, gen)
+		return nil, fmt.Errorf("%w: company %s", ErrReauthorizationRequired, companyID)
+	}
+	now := b.now()
+	if !cur.AccessToken.IsZero() && !e.grant.Same(stale) && now.Before(e.refreshAt) {
+		b.log.DebugContext(ctx, "refresh skipped: a newer token is stored", "company_id", companyID, "trigger", trigger)
+		if pending {
+			return e, nil
+		}
+		return b.remember(cur, gen), nil
+	}
+	b.mu.Lock()
+	rejected, wasRejected := b.rejected[companyID]
+	bo := b.backoff[companyID]
+	b.mu.Unlock()
+	if wasRejected && rejected == tokenHash(cur.RefreshToken) {
+		return nil, fmt.Errorf("%w: company %s", ErrReauthorizationRequired, companyID)
+	}
+	if now.Before(bo.until) {
+		return nil, fmt.Errorf("%w: backing off until %s after %d failures", ErrTokenEndpoint, bo.until.Format(time.RFC3339), bo.failures)
+	}
+	if b.oauth == nil {
+		return nil, fmt.Errorf("%w: no OAuth client configured (PLEO_PROXY_OAUTH_CLIENT_ID)", ErrTokenEndpoint)
+	}
+	if err := lock.Lease(ctx, leaseFactor*b.tokenTimeout); err != nil {
+		return nil, storeErr(err)
+	}
+
+	b.log.DebugContext(ctx, "refreshing token", "company_id", companyID, "trigger", trigger,
+		"expires_at", cur.ExpiresAt, "rejected_by_upstream", trigger == TriggerUnauthorized)
+	x := b.exchange(ctx, cur)
+	if x.err != nil {
+		return nil, b.refreshFailed(ctx, cur, trigger, x.err, gen, x.took, lock.Commit)
+	}
+	next := b.rotated(cur, x)
+	saved, err := lock.Commit(ctx, next)
+	window := time.Since(x.arrived)
+	b.metrics.TokenRefresh(trigger, metrics.RefreshSuccess, x.took)
+	b.mu.Lock()
+	delete(b.backoff, companyID)
+	b.mu.Unlock()
+	switch {
+	case errors.Is(err, ErrNotFound):
+		b.log.WarnContext(ctx, "credential deleted during its refresh; dropping the new tokens", "company_id", companyID)
+		return nil, err
+	case errors.Is(err, ErrConflict):
+		// Replaced (imported, reconnected) while we refreshed: theirs wins.
+		b.log.WarnContext(ctx, "credential replaced during its refresh; keeping the stored one", "company_id", companyID)
+		b.mu.Lock()
+		delete(b.pending, companyID)
+		b.mu.Unlock()
+		c, gerr := b.store.Get(ctx, companyID)
+		if gerr != nil {
+			return nil, storeErr(gerr)
+		}
+		return b.remember(c, gen), nil
+	case err != nil:
+		b.keepPending(next, stored, err)
+		return b.newEntry(next), nil
+	}
+	b.mu.Lock()
+	delete(b.pending, companyID)
+	b.mu.Unlock()
+	b.metrics.TokenCommitWindow(window)
+	b.log.DebugContext(ctx, "token refreshed", "company_id", companyID, "trigger", trigger,
+		"expires_at", saved.ExpiresAt, "commit_window", window)
+	return b.remember(saved, gen), nil
 }
