@@ -377,10 +377,22 @@ func (s *FileStore) writeLocked(ctx context.Context, mutate func(map[string]Cred
 	if err != nil {
 		return fmt.Errorf("credentials: file store %s: not writing over a file that cannot be read: %w", s.path, err)
 	}
-	cur := credentialMap(creds)
-	// Install the file as found first: even when mutate fails (a lost compare-and-swap),
-	// readers then see the current versions.
-	s.installLocked(cur, fp)
+	var cur map[string]Credential
+	if !fp.exists && (s.seen.exists || s.seenErr == errFileRemoved) {
+		// The file this store served was removed while it ran. Polling keeps serving the last
+		// good credentials (a removal is more likely a mistake than a way to revoke them all);
+		// so does a write, which recreates the file from them. Starting from an empty file
+		// instead would drop every other credential, and turn a rotated refresh token's commit
+		// into ErrNotFound — the token lost, the company forced to reconnect.
+		cur = s.snap.Load().byCompany // immutable: mutate builds a new map
+		s.logger.Warn("the credentials file was removed; recreating it from the last good credentials",
+			"path", s.path, "credentials", len(cur))
+	} else {
+		cur = credentialMap(creds)
+		// Install the file as found first: even when mutate fails (a lost compare-and-swap),
+		// readers then see the current versions.
+		s.installLocked(cur, fp)
+	}
 
 	next, err := mutate(cur)
 	if err != nil {

@@ -528,15 +528,20 @@ func TestFileStoreRemovedFileKeepsLastGood(t *testing.T) {
 	if !fsHas(s, 1, "refresh-1") {
 		t.Error("the last good credential is gone")
 	}
-	// A write starts the file again, from what is on disk (nothing).
+	// A write recreates the file from the last good credentials plus the change (see
+	// TestFaultCredentialsFileRemovedWhileRunning for why).
 	if err := s.PutAll(t.Context(), []Credential{stOAuth(2, "")}, false); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Ping(t.Context()); err != nil {
 		t.Errorf("Ping after the file was written again: %v", err)
 	}
-	if list, _ := s.List(t.Context()); !slices.Equal(stIDs(list), []string{stCompany(2)}) {
-		t.Errorf("List = %v, want what the file holds", list)
+	want := []string{stCompany(1), stCompany(2)}
+	if list, _ := s.List(t.Context()); !slices.Equal(stIDs(list), want) {
+		t.Errorf("List = %v, want %v", stIDs(list), want)
+	}
+	if s2 := fsOpen(t, path, FileStoreOptions{}); !fsHas(s2, 1, "refresh-1") || !fsHas(s2, 2, "refresh-2") {
+		t.Error("the recreated file does not hold both credentials")
 	}
 }
 

@@ -111,6 +111,10 @@ func New(opts Options) (*Handler, error) {
 			out.Del("Proxy-Authorization")
 			out.Del(companyHeader)
 			out.Del(tenantHeader)
+			// Request trailers come after the body, past every check above: a client could
+			// send Authorization, its client token or another company's selection header
+			// there. The upstream API uses none, so none is forwarded.
+			pr.Out.Trailer = nil
 			// Replaces whatever the client sent; the slice is built once per credential.
 			out["Authorization"] = st.grant.HeaderValues()
 			if v := out["X-Request-Id"]; len(v) != 1 || v[0] != st.requestID {
