@@ -427,10 +427,10 @@ func TestFaultHangingTokenEndpoint(t *testing.T) {
 		if err != nil {
 			t.Fatalf("caller not released: %v", err)
 		}
-		// Nothing better to offer than the upstream's own answer (README: upstream 401s pass
-		// through), and the caller is not kept waiting for the refresh.
-		if r.status != http.StatusUnauthorized || r.header.Get("Proxy-Status") != "" {
-			t.Fatalf("got %d %v %s, want the upstream's 401", r.status, r.header, r.body)
+		// The token was refused and the refresh timed out: the sidecar's own 502 (retry later),
+		// not Pleo's 401, once the refresh's own timeout has passed.
+		if r.status != http.StatusBadGateway || r.header.Get("Proxy-Status") == "" || !strings.Contains(string(r.body), "token_endpoint_error") {
+			t.Fatalf("got %d %v %s, want the 502 token_endpoint_error problem", r.status, r.header, r.body)
 		}
 	})
 }

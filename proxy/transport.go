@@ -69,11 +69,18 @@ func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	next, retry, err := t.auth.Reauthorize(ctx, st.companyID, st.grant)
 	if err != nil {
 		t.metrics.AuthRetry(metrics.RetryFailed)
-		if errors.Is(err, credentials.ErrReauthorizationRequired) || errors.Is(err, credentials.ErrCredentialExpired) {
+		// The token was refused and no new one can be had. Say why, in the sidecar's own
+		// words: terminal (401 reauthorization_required), or transient — the token endpoint
+		// (502 token_endpoint_error) or the store, e.g. PostgreSQL down or another replica's
+		// refresh outcome unknown (503 store_unavailable) — so the caller retries later rather
+		// than take Pleo's 401 for a verdict on the credential. Anything else (the caller
+		// went away) passes the upstream's 401 back.
+		if errors.Is(err, credentials.ErrReauthorizationRequired) || errors.Is(err, credentials.ErrCredentialExpired) ||
+			errors.Is(err, credentials.ErrTokenEndpoint) || errors.Is(err, credentials.ErrStoreUnavailable) {
 			drain(resp)
 			return nil, err
 		}
-		return resp, nil // nothing better to offer: the upstream's 401 passes through
+		return resp, nil
 	}
 	if !retry {
 		t.metrics.AuthRetry(metrics.RetryFailed)
