@@ -89,6 +89,9 @@ type FileStore struct {
 	errMu     sync.Mutex
 	reloadErr error // the current reload failure, reported by Ping
 
+	queueMu sync.Mutex
+	queue   []*writeRequest // writes waiting for the next group commit
+
 	stop      chan struct{}
 	done      chan struct{}
 	closeOnce sync.Once
@@ -329,34 +332,128 @@ func (s *FileStore) Close() error {
 	return nil
 }
 
-// acquire takes s.sem, or fails when ctx ends first.
-func (s *FileStore) acquire(ctx context.Context) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	select {
-	case s.sem <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 func (s *FileStore) release() { <-s.sem }
 
 // write runs mutate on the credentials as they are on disk, under s.sem and the file lock,
 // and writes its result. Subscribers hear of every company that differs from the snapshot
 // held before, whoever changed it.
+//
+// Writes are group-committed: a caller queues its mutation, and whichever caller takes s.sem
+// applies every queued mutation, in order, to one read of the file, then writes and syncs the
+// file once for all of them. Each mutation sees the ones before it (so compare-and-swap
+// updates stay exact); one that fails is left out and fails alone. In a refresh storm this
+// turns N file rewrites and 2N fsyncs, one after another inside every token's crash window,
+// into a few.
 func (s *FileStore) write(ctx context.Context, mutate func(map[string]Credential) (map[string]Credential, error)) error {
-	if err := s.acquire(ctx); err != nil {
+	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("credentials: file store %s: %w", s.path, err)
 	}
+	req := &writeRequest{mutate: mutate, done: make(chan struct{})}
+	s.queueMu.Lock()
+	s.queue = append(s.queue, req)
+	s.queueMu.Unlock()
+	for {
+		select {
+		case <-req.done:
+			return req.err
+		case s.sem <- struct{}{}:
+			s.commitQueued(ctx, req)
+		case <-ctx.Done():
+			if s.dequeue(req) {
+				return fmt.Errorf("credentials: file store %s: %w", s.path, ctx.Err())
+			}
+			// Another caller is committing it: the outcome is on its way.
+			<-req.done
+			return req.err
+		}
+	}
+}
+
+// writeRequest is one queued mutation of write, and its outcome once done is closed.
+type writeRequest struct {
+	mutate func(map[string]Credential) (map[string]Credential, error)
+	err    error
+	done   chan struct{}
+}
+
+// dequeue removes req from the queue if no committer has taken it yet.
+func (s *FileStore) dequeue(req *writeRequest) bool {
+	s.queueMu.Lock()
+	defer s.queueMu.Unlock()
+	for i, r := range s.queue {
+		if r == req {
+			s.queue = append(s.queue[:i], s.queue[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// errNothingToWrite ends a group commit whose every mutation failed: the file stays as it is.
+var errNothingToWrite = errors.New("credentials: nothing to write")
+
+// commitQueued runs with s.sem taken (and releases it): it takes every queued request,
+// applies them in one writeLocked, and completes them. self is the committing caller's own
+// request and ctx its context: if ctx ends before the mutations ran (waiting for the file
+// lock), self fails with it and the other requests go back to the queue for the next
+// committer, rather than fail for someone else's cancellation.
+func (s *FileStore) commitQueued(ctx context.Context, self *writeRequest) {
+	s.queueMu.Lock()
+	batch := s.queue
+	s.queue = nil
+	s.queueMu.Unlock()
+	if len(batch) == 0 {
+		s.release()
+		return
+	}
 	old := s.snap.Load()
-	err := s.writeLocked(ctx, mutate)
+	ran, applied := false, 0
+	err := s.writeLocked(ctx, func(cur map[string]Credential) (map[string]Credential, error) {
+		ran = true
+		m := cur
+		for _, r := range batch {
+			next, err := r.mutate(m)
+			if err != nil {
+				r.err = err
+				continue
+			}
+			m = next
+			applied++
+		}
+		if applied == 0 {
+			return nil, errNothingToWrite
+		}
+		return m, nil
+	})
+	var finished, requeue []*writeRequest
+	if err != nil && !ran && ctx.Err() != nil {
+		for _, r := range batch {
+			if r == self {
+				r.err = fmt.Errorf("credentials: file store %s: %w", s.path, ctx.Err())
+				finished = append(finished, r)
+			} else {
+				requeue = append(requeue, r)
+			}
+		}
+	} else {
+		for _, r := range batch {
+			if r.err == nil && err != nil && !errors.Is(err, errNothingToWrite) {
+				r.err = err
+			}
+		}
+		finished = batch
+	}
+	if len(requeue) > 0 {
+		s.queueMu.Lock()
+		s.queue = append(requeue, s.queue...)
+		s.queueMu.Unlock()
+	}
 	changed := diffCompanies(old.byCompany, s.snap.Load().byCompany)
 	s.release()
+	for _, r := range finished {
+		close(r.done)
+	}
 	s.subs.notify(changed)
-	return err
 }
 
 func (s *FileStore) writeLocked(ctx context.Context, mutate func(map[string]Credential) (map[string]Credential, error)) error {
