@@ -60,6 +60,14 @@ func (s instrumented) List(ctx context.Context) ([]Credential, error) {
 	return l, err
 }
 
+// Scan streams when the inner store can (see Scanner), timed as a list.
+func (s instrumented) Scan(ctx context.Context, fn func(Credential) bool) error {
+	start := time.Now()
+	err := Scan(ctx, s.inner, fn)
+	s.observe(metrics.StoreList, start, err)
+	return err
+}
+
 func (s instrumented) PutAll(ctx context.Context, creds []Credential, replaceAll bool) error {
 	start := time.Now()
 	err := s.inner.PutAll(ctx, creds, replaceAll)

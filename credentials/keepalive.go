@@ -32,44 +32,46 @@ func (b *Broker) Run(ctx context.Context, interval time.Duration) {
 // refreshed over time, never all at once.
 const maxKeepalivePerSweep = 20
 
-// Sweep does one pass of Run's work and returns how many credentials it refreshed.
+// Sweep does one pass of Run's work and returns how many credentials it refreshed. It
+// streams the store (Scan): what it keeps is the counts and the few credentials due, which it
+// refreshes once the pass is over, so no store connection is held across a token call.
 func (b *Broker) Sweep(ctx context.Context) int {
-	list, err := b.store.List(ctx)
-	if err != nil {
-		b.log.WarnContext(ctx, "background sweep could not list credentials", "error", err)
-		return 0
-	}
 	now := b.now()
 	counts := make(map[metrics.CredentialKey]int)
 	expiring := make(map[string]int)
-	refreshed, keepalives := 0, 0
-	for _, c := range list {
+	var due []Credential
+	keepalives := 0
+	err := Scan(ctx, b.store, func(c Credential) bool {
 		counts[metrics.CredentialKey{Type: string(c.Type), State: string(b.statusOf(c, now))}]++
 		if c.Type.IsAPIKey() && !c.ExpiresAt.IsZero() && c.ExpiresAt.Sub(now) < 7*24*time.Hour {
 			expiring[string(c.Type)]++
 		}
 		if c.Type != OAuth2 || c.State == StateReauthorizationRequired {
-			continue
+			return true
 		}
-		due := false
 		if e, ok := b.cache.Peek(c.CompanyID); ok && !now.Before(e.refreshAt) {
-			due = true // in use and about to expire
+			due = append(due, c) // in use and about to expire
 		} else if keepalives < maxKeepalivePerSweep && b.keepaliveDue(c, now) {
-			due = true
+			due = append(due, c)
 			keepalives++
 		}
-		if !due {
-			continue
+		return true
+	})
+	if err != nil {
+		b.log.WarnContext(ctx, "background sweep could not list credentials", "error", err)
+		return 0
+	}
+	b.metrics.SetCredentialCounts(counts)
+	b.metrics.SetExpiringCredentials(expiring)
+	refreshed := 0
+	for _, c := range due {
+		if ctx.Err() != nil {
+			break
 		}
 		if _, err := b.refresh(ctx, c.CompanyID, TriggerBackground, b.newEntry(c).grant); err == nil {
 			refreshed++
 		}
-		if ctx.Err() != nil {
-			break
-		}
 	}
-	b.metrics.SetCredentialCounts(counts)
-	b.metrics.SetExpiringCredentials(expiring)
 	return refreshed
 }
 

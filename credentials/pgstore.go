@@ -413,6 +413,34 @@ func (s *PGStore) List(ctx context.Context) ([]Credential, error) {
 	})
 }
 
+// Scan streams every credential, ordered by company id, to fn until it returns false: one
+// row decoded at a time, so a sweep of 100,000 credentials does not hold them all. Unlike the
+// other reads it is not retried (fn may have seen part of the table).
+func (s *PGStore) Scan(ctx context.Context, fn func(Credential) bool) error {
+	rows, err := s.pool.Query(ctx, `SELECT `+pgColumns+` FROM pleo_proxy_credentials ORDER BY company_id`)
+	if err != nil {
+		return storeUnavailable("list", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var r pgRow
+		if err := rows.Scan(r.dest()...); err != nil {
+			return storeUnavailable("list", err)
+		}
+		c, err := s.credential(&r)
+		if err != nil {
+			return err
+		}
+		if !fn(c) {
+			return nil
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return storeUnavailable("list", err)
+	}
+	return nil
+}
+
 // PutAll validates every credential, then adds or replaces them all, or none, in one
 // transaction. A written record's version is the stored one plus one, or 1.
 func (s *PGStore) PutAll(ctx context.Context, creds []Credential, replaceAll bool) error {

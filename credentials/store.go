@@ -33,3 +33,28 @@ type Store interface {
 	// Close releases the store's resources.
 	Close() error
 }
+
+// Scanner is implemented by stores that can stream their credentials (PostgreSQL), so that a
+// pass over a large store holds one credential at a time rather than a copy of them all.
+type Scanner interface {
+	// Scan calls fn with every credential, ordered by company id, until fn returns false.
+	Scan(ctx context.Context, fn func(Credential) bool) error
+}
+
+// Scan calls fn with every credential of s until fn returns false: streamed when s is a
+// Scanner, else from List.
+func Scan(ctx context.Context, s Store, fn func(Credential) bool) error {
+	if sc, ok := s.(Scanner); ok {
+		return sc.Scan(ctx, fn)
+	}
+	list, err := s.List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, c := range list {
+		if !fn(c) {
+			return nil
+		}
+	}
+	return nil
+}

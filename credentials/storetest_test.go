@@ -178,6 +178,31 @@ func testStoreConformance(t *testing.T, newStore func(t *testing.T) Store) {
 		}
 	})
 
+	t.Run("Scan", func(t *testing.T) {
+		s := open(t)
+		put(t, s, stOAuth(3, "t3"), stOAuth(1, "t1"), stOAuth(2, "t2"))
+		var seen []Credential
+		if err := Scan(t.Context(), s, func(c Credential) bool { seen = append(seen, c); return true }); err != nil {
+			t.Fatalf("Scan: %v", err)
+		}
+		list, err := s.List(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(stIDs(seen), stIDs(list)) || len(seen) != 3 {
+			t.Fatalf("Scan saw %v, List has %v", stIDs(seen), stIDs(list))
+		}
+		for i := range seen {
+			if seen[i].RefreshToken != list[i].RefreshToken || seen[i].Version != list[i].Version || seen[i].TenantID != list[i].TenantID {
+				t.Fatalf("Scan and List disagree on %s", seen[i].CompanyID)
+			}
+		}
+		n := 0
+		if err := Scan(t.Context(), s, func(Credential) bool { n++; return n < 2 }); err != nil || n != 2 {
+			t.Fatalf("Scan stopped after %d calls (%v), want 2", n, err)
+		}
+	})
+
 	t.Run("PutAllMergeAndReplace", func(t *testing.T) {
 		s := open(t)
 		ctx := t.Context()
