@@ -966,9 +966,6 @@ func parseFile(data []byte, sealer *Sealer) (creds []Credential, encrypted bool,
 				}
 			}
 		}
-		if err := checkWritableTimes(creds); err != nil {
-			return nil, false, err
-		}
 		return creds, false, nil
 	}
 
@@ -1009,9 +1006,6 @@ func parseFile(data []byte, sealer *Sealer) (creds []Credential, encrypted bool,
 	if creds, err = FromRecords(f.Credentials); err != nil {
 		return nil, true, err
 	}
-	if err := checkWritableTimes(creds); err != nil {
-		return nil, true, err
-	}
 	return creds, true, nil
 }
 
@@ -1030,23 +1024,6 @@ func mayHaveEncryptionMember(data []byte) bool {
 		}
 	}
 	return false
-}
-
-// checkWritableTimes refuses times that encoding/json cannot write (years outside 0000 to
-// 9999 once in UTC, such as 9999-12-31T23:00:00-02:00): a file holding one would load, and
-// then fail every write, rotated refresh tokens included.
-func checkWritableTimes(creds []Credential) error {
-	for i, c := range creds {
-		for _, f := range []struct {
-			name string
-			t    time.Time
-		}{{"expires_at", c.ExpiresAt}, {"last_refreshed_at", c.LastRefreshedAt}} {
-			if y := f.t.UTC().Year(); !f.t.IsZero() && (y < 0 || y > 9999) {
-				return &RecordError{Index: i, CompanyID: c.CompanyID, Err: fmt.Errorf("%s is outside the years 0000 to 9999 in UTC", f.name)}
-			}
-		}
-	}
-	return nil
 }
 
 // sealedKeyIDs lists, sorted, the key ids the sealed values of records need.

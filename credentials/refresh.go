@@ -74,35 +74,8 @@ func (b *Broker) refreshLocked(ctx context.Context, companyID, trigger string, s
 	if err != nil {
 		return nil, err
 	}
-	e := b.newEntry(cur)
-	if cur.Type != OAuth2 {
-		return b.remember(cur, gen), nil
-	}
-	if cur.State == StateReauthorizationRequired {
-		b.remember(cur, gen)
-		return nil, fmt.Errorf("%w: company %s", ErrReauthorizationRequired, companyID)
-	}
-	now := b.now()
-	if !cur.AccessToken.IsZero() && !e.grant.Same(stale) && now.Before(e.refreshAt) {
-		// Another flight, process or replica already refreshed: adopt its token.
-		b.log.DebugContext(ctx, "refresh skipped: a newer token is stored", "company_id", companyID, "trigger", trigger)
-		if pending {
-			return e, nil
-		}
-		return b.remember(cur, gen), nil
-	}
-	b.mu.Lock()
-	rejected, wasRejected := b.rejected[companyID]
-	bo := b.backoff[companyID]
-	b.mu.Unlock()
-	if wasRejected && rejected == tokenHash(cur.RefreshToken) {
-		return nil, fmt.Errorf("%w: company %s", ErrReauthorizationRequired, companyID)
-	}
-	if now.Before(bo.until) {
-		return nil, fmt.Errorf("%w: backing off until %s after %d failures", ErrTokenEndpoint, bo.until.Format(time.RFC3339), bo.failures)
-	}
-	if b.oauth == nil {
-		return nil, fmt.Errorf("%w: no OAuth client configured (PLEO_PROXY_OAUTH_CLIENT_ID)", ErrTokenEndpoint)
+	if e, done, err := b.preflight(ctx, companyID, trigger, stale, cur, pending, gen); done {
+		return e, err
 	}
 
 	b.log.DebugContext(ctx, "refreshing token", "company_id", companyID, "trigger", trigger,
@@ -131,6 +104,43 @@ func (b *Broker) refreshLocked(ctx context.Context, companyID, trigger string, s
 	b.log.DebugContext(ctx, "token refreshed", "company_id", companyID, "trigger", trigger,
 		"expires_at", saved.ExpiresAt, "commit_window", window)
 	return b.remember(saved, gen), nil
+}
+
+// preflight decides, for cur as read (pending: a rotated pair of ours not yet written),
+// whether a refresh is needed and allowed. done means the caller returns e and err as they
+// are: the credential needs no refresh (an API key, or a token newer than the stale one that
+// another flight, process or replica obtained, which is adopted), or it may not be refreshed
+// (reauthorization required, its refresh token already rejected, backing off, no client).
+func (b *Broker) preflight(ctx context.Context, companyID, trigger string, stale Grant, cur Credential, pending bool, gen uint64) (e *entry, done bool, err error) {
+	e = b.newEntry(cur)
+	if cur.Type != OAuth2 {
+		return b.remember(cur, gen), true, nil
+	}
+	if cur.State == StateReauthorizationRequired {
+		b.remember(cur, gen)
+		return nil, true, fmt.Errorf("%w: company %s", ErrReauthorizationRequired, companyID)
+	}
+	now := b.now()
+	if !cur.AccessToken.IsZero() && !e.grant.Same(stale) && now.Before(e.refreshAt) {
+		b.log.DebugContext(ctx, "refresh skipped: a newer token is stored", "company_id", companyID, "trigger", trigger)
+		if pending {
+			return e, true, nil
+		}
+		return b.remember(cur, gen), true, nil
+	}
+	b.mu.Lock()
+	rejected, wasRejected := b.rejected[companyID]
+	bo := b.backoff[companyID]
+	b.mu.Unlock()
+	switch {
+	case wasRejected && rejected == tokenHash(cur.RefreshToken):
+		return nil, true, fmt.Errorf("%w: company %s", ErrReauthorizationRequired, companyID)
+	case now.Before(bo.until):
+		return nil, true, fmt.Errorf("%w: backing off until %s after %d failures", ErrTokenEndpoint, bo.until.Format(time.RFC3339), bo.failures)
+	case b.oauth == nil:
+		return nil, true, fmt.Errorf("%w: no OAuth client configured (PLEO_PROXY_OAUTH_CLIENT_ID)", ErrTokenEndpoint)
+	}
+	return nil, false, nil
 }
 
 // terminalRefreshError reports whether the token endpoint rejected the refresh token itself:
@@ -432,34 +442,8 @@ func (b *Broker) refreshShared(ctx context.Context, companyID, trigger string, s
 	if pending {
 		cur = p.next // ours is newer than the row: its write is still being retried
 	}
-	e := b.newEntry(cur)
-	if cur.Type != OAuth2 {
-		return b.remember(cur, gen), nil
-	}
-	if cur.State == StateReauthorizationRequired {
-		b.remember(cur, gen)
-		return nil, fmt.Errorf("%w: company %s", ErrReauthorizationRequired, companyID)
-	}
-	now := b.now()
-	if !cur.AccessToken.IsZero() && !e.grant.Same(stale) && now.Before(e.refreshAt) {
-		b.log.DebugContext(ctx, "refresh skipped: a newer token is stored", "company_id", companyID, "trigger", trigger)
-		if pending {
-			return e, nil
-		}
-		return b.remember(cur, gen), nil
-	}
-	b.mu.Lock()
-	rejected, wasRejected := b.rejected[companyID]
-	bo := b.backoff[companyID]
-	b.mu.Unlock()
-	if wasRejected && rejected == tokenHash(cur.RefreshToken) {
-		return nil, fmt.Errorf("%w: company %s", ErrReauthorizationRequired, companyID)
-	}
-	if now.Before(bo.until) {
-		return nil, fmt.Errorf("%w: backing off until %s after %d failures", ErrTokenEndpoint, bo.until.Format(time.RFC3339), bo.failures)
-	}
-	if b.oauth == nil {
-		return nil, fmt.Errorf("%w: no OAuth client configured (PLEO_PROXY_OAUTH_CLIENT_ID)", ErrTokenEndpoint)
+	if e, done, err := b.preflight(ctx, companyID, trigger, stale, cur, pending, gen); done {
+		return e, err
 	}
 	if err := lock.Lease(ctx, leaseFactor*b.tokenTimeout); err != nil {
 		return nil, storeErr(err)
