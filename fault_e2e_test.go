@@ -26,6 +26,7 @@ import (
 
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/internal/oauthtest"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/internal/testenv"
 )
 
 // faultUser is the user the sidecar runs as in the read-only test when the tests run as root
@@ -136,7 +137,7 @@ func (e *faultEnv) start() *sidecar {
 	}
 	if err := cmd.Start(); err != nil {
 		if e.uid >= 0 && errors.Is(err, syscall.EPERM) {
-			t.Skipf("cannot run the sidecar as uid %d here (no CAP_SETUID): %v", e.uid, err)
+			testenv.Unavailable(t, "cannot run the sidecar as uid %d here (no CAP_SETUID): %v", e.uid, err)
 		}
 		t.Fatalf("starting the sidecar: %v", err)
 	}
@@ -343,15 +344,15 @@ func TestFaultE2EStoreDirectoryReadOnly(t *testing.T) {
 }
 
 // The store's file system fills up (a tiny tmpfs, filled by another file). It needs root with
-// CAP_SYS_ADMIN to mount the tmpfs, and is skipped without; credentials/fault_test.go injects
-// ENOSPC into the file store for every environment.
+// CAP_SYS_ADMIN to mount the tmpfs (skipped without, except in CI where it is required);
+// credentials/fault_test.go also injects ENOSPC into the file store in every environment.
 func TestFaultE2EStoreDiskFull(t *testing.T) {
 	dir := filepath.Join(sharedDir(t), "tmpfs")
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=64k,mode=0700"); err != nil {
-		t.Skipf("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): %v", err)
+		testenv.Unavailable(t, "cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): %v", err)
 	}
 	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
 	e := newFaultEnv(t, dir, -1, faultCompany)

@@ -2,12 +2,9 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"math"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"strings"
@@ -16,76 +13,27 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/internal/oauthtest"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/internal/testenv"
 )
 
 // End-to-end tests of the PostgreSQL store through the built binary. They need a server:
 // PLEO_PROXY_TEST_POSTGRES (scripts/with-postgres sets it); without one they skip, except
 // under CI=true, where they fail.
 
-// pgE2EDatabase creates a database for the test (dropped at its end) and returns its URL.
-func pgE2EDatabase(t *testing.T) string {
+// pgE2ECount runs a count query on dsn.
+func pgE2ECount(t *testing.T, dsn, sql string) int64 {
 	t.Helper()
-	base := os.Getenv("PLEO_PROXY_TEST_POSTGRES")
-	if base == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("PLEO_PROXY_TEST_POSTGRES is not set: PostgreSQL tests must run under scripts/with-postgres in CI")
-		}
-		t.Skip("PLEO_PROXY_TEST_POSTGRES is not set (run the tests under scripts/with-postgres)")
-	}
-	var r [6]byte
-	_, _ = rand.Read(r[:])
-	name := "e2e_" + hex.EncodeToString(r[:])
-	exec1 := func(sql string) error {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, base)
-		if err != nil {
-			return err
-		}
-		defer conn.Close(context.Background())
-		_, err = conn.Exec(ctx, sql)
-		return err
-	}
-	if err := exec1("CREATE DATABASE " + name); err != nil {
-		t.Fatalf("create database: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := exec1("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)"); err != nil {
-			t.Logf("drop database %s: %v", name, err)
-		}
-	})
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = "/" + name
-	return u.String()
-}
-
-func pgE2EQueryInt(t *testing.T, dsn, sql string) int64 {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
 	var n int64
-	if err := conn.QueryRow(ctx, sql).Scan(&n); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
+	testenv.PostgresQueryRow(t, dsn, sql, nil, &n)
 	return n
 }
 
 // TestPGMigrationRace starts 5 processes at once against an empty database: each applies
 // the schema migrations at start-up; all succeed, and the schema exists once.
 func TestPGMigrationRace(t *testing.T) {
-	dsn := pgE2EDatabase(t)
+	dsn := testenv.PostgresDatabase(t, "e2e_")
 	env := []string{"PATH=" + os.Getenv("PATH"), "PLEO_PROXY_STORE=" + dsn}
 	bin := binary(t)
 	const n = 5
@@ -107,10 +55,10 @@ func TestPGMigrationRace(t *testing.T) {
 			t.Errorf("process %d: %v: %s", i, err, outs[i])
 		}
 	}
-	if got := pgE2EQueryInt(t, dsn, `SELECT count(*) FROM pleo_proxy_schema_migrations`); got != 1 {
+	if got := pgE2ECount(t, dsn, `SELECT count(*) FROM pleo_proxy_schema_migrations`); got != 1 {
 		t.Errorf("%d migrations recorded, want 1", got)
 	}
-	if got := pgE2EQueryInt(t, dsn, `SELECT count(*) FROM pg_tables WHERE tablename = 'pleo_proxy_credentials'`); got != 1 {
+	if got := pgE2ECount(t, dsn, `SELECT count(*) FROM pg_tables WHERE tablename = 'pleo_proxy_credentials'`); got != 1 {
 		t.Errorf("%d credential tables, want 1", got)
 	}
 }
@@ -165,7 +113,7 @@ func TestPGMultiProcess(t *testing.T) {
 	if testing.Short() {
 		t.Skip("about 40 s")
 	}
-	dsn := pgE2EDatabase(t)
+	dsn := testenv.PostgresDatabase(t, "e2e_")
 	const ttl = time.Second
 	srv := oauthtest.NewServer(t, oauthtest.Options{AccessTTL: ttl})
 	const nCompanies = 20
@@ -207,7 +155,7 @@ func TestPGMultiProcess(t *testing.T) {
 	if code != 0 || strings.Count(out, "b0570000-") != nCompanies || strings.Contains(out, creds[0].RefreshToken.Reveal()) {
 		t.Fatalf("credentials list: exit %d, %q %s", code, out, stderr)
 	}
-	if n := pgE2EQueryInt(t, dsn, `SELECT count(*) FROM pleo_proxy_credentials WHERE refresh_token LIKE 'v1.%'`); n != nCompanies {
+	if n := pgE2ECount(t, dsn, `SELECT count(*) FROM pleo_proxy_credentials WHERE refresh_token LIKE 'v1.%'`); n != nCompanies {
 		t.Fatalf("%d of %d refresh tokens sealed", n, nCompanies)
 	}
 

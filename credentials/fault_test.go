@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -21,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/internal/oauthtest"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/internal/testenv"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/metrics"
 )
 
@@ -160,18 +162,27 @@ func TestFaultStoreWriteFailureKeepsRotatedToken(t *testing.T) {
 			on.Store(true)
 			return func() { on.Store(false) }
 		}},
-		{"read-only directory (chmod 0500)", func(t *testing.T, e *ftEnv, _ *atomic.Bool) func() {
-			if os.Geteuid() == 0 {
-				// Root ignores permission bits; fault_e2e_test.go runs the sidecar as another
-				// user for this case.
-				t.Skip("running as root: a read-only directory does not stop root's writes")
-			}
+		{"read-only directory", func(t *testing.T, e *ftEnv, _ *atomic.Bool) func() {
 			dir := filepath.Dir(e.path)
-			if err := os.Chmod(dir, 0o500); err != nil {
-				t.Fatal(err)
+			if os.Geteuid() != 0 {
+				if err := os.Chmod(dir, 0o500); err != nil {
+					t.Fatal(err)
+				}
+				restore := func() { _ = os.Chmod(dir, 0o700) }
+				t.Cleanup(restore)
+				return restore
 			}
-			restore := func() { _ = os.Chmod(dir, 0o700) }
+			// Root ignores permission bits: bind-mount the directory read-only over itself,
+			// which refuses root's writes too (EROFS).
+			if err := syscall.Mount(dir, dir, "", syscall.MS_BIND, ""); err != nil {
+				testenv.Unavailable(t, "cannot bind-mount %s read-only (needs CAP_SYS_ADMIN): %v", dir, err)
+			}
+			var once sync.Once
+			restore := func() { once.Do(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) }) }
 			t.Cleanup(restore)
+			if err := syscall.Mount("", dir, "", syscall.MS_BIND|syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+				testenv.Unavailable(t, "cannot remount %s read-only (needs CAP_SYS_ADMIN): %v", dir, err)
+			}
 			return restore
 		}},
 	}

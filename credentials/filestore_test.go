@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/internal/testenv"
 )
 
 // fsPoll is the poll interval of the file store tests.
@@ -1299,7 +1301,7 @@ func TestCheckFileMode(t *testing.T) {
 // chart's, for pods without an fsGroup) is accepted; the same mode outside it is not.
 func TestFileStoreAcceptsKubernetesSecretVolume(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root: the kubelet's files are owned by root")
+		testenv.Unavailable(t, "needs root: the kubelet's files are owned by root")
 	}
 	dir := t.TempDir()
 	ts := filepath.Join(dir, "..2026_11_28_12_00_00.1")
