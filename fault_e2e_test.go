@@ -224,17 +224,6 @@ func metricValue(t *testing.T, s *sidecar, name string) float64 {
 	return -1
 }
 
-func waitUntil(t *testing.T, what string, within time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // storeWriteFault runs one fault that makes the store's writes fail: a refresh forced by a
 // server-side revocation still succeeds from memory, /readyz and
 // pleo_proxy_pending_token_writes report the pending write, the file keeps the old pair; once
@@ -271,7 +260,7 @@ func storeWriteFault(t *testing.T, e *faultEnv, company string, begin, end func(
 	}
 
 	end()
-	waitUntil(t, "readiness after the store is writable again", 40*time.Second, func() bool {
+	testenv.WaitFor(t, "readiness after the store is writable again", 40*time.Second, func() bool {
 		code, _ := readyz(t, s)
 		return code == http.StatusOK
 	})
@@ -397,7 +386,7 @@ func TestFaultE2ECredentialsFileDeleted(t *testing.T) {
 	if err := os.Remove(e.path); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "readiness to report the removal", 10*time.Second, func() bool {
+	testenv.WaitFor(t, "readiness to report the removal", 10*time.Second, func() bool {
 		code, body := readyz(t, s)
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "removed")
 	})
@@ -420,7 +409,7 @@ func TestFaultE2ECredentialsFileDeleted(t *testing.T) {
 		t.Fatalf("recreated file holds %d credentials (rotated token stored: %v)", len(onDisk),
 			onDisk[faultCompany].RefreshToken != e.initial[faultCompany].RefreshToken)
 	}
-	waitUntil(t, "readiness after the file was recreated", 10*time.Second, func() bool {
+	testenv.WaitFor(t, "readiness after the file was recreated", 10*time.Second, func() bool {
 		code, _ := readyz(t, s)
 		return code == http.StatusOK
 	})

@@ -214,7 +214,8 @@ func TestPGMultiProcess(t *testing.T) {
 	var res2 pgLoadResult
 	loadDone := make(chan struct{})
 	go func() { pgLoad(ctx, sidecars, companies, 24, &res2); close(loadDone) }()
-	time.Sleep(2 * time.Second)
+	// In the middle of the load: once it is well under way.
+	testenv.WaitFor(t, "the load to get going", 5*time.Second, func() bool { return res2.ok.Load() >= 2000 })
 	restartAt := time.Now()
 	if out, err := exec.Command(pgctl, "restart", "-m", "fast").CombinedOutput(); err != nil {
 		t.Fatalf("pg_ctl restart: %v: %s", err, out)
@@ -226,7 +227,7 @@ func TestPGMultiProcess(t *testing.T) {
 	client := &http.Client{Timeout: 10 * time.Second}
 	for i, s := range sidecars {
 		waitFor(t, func() bool {
-			r, err := http.Get("http://" + s.admin + "/readyz")
+			r, err := client.Get("http://" + s.admin + "/readyz")
 			if err != nil {
 				return false
 			}
@@ -239,7 +240,9 @@ func TestPGMultiProcess(t *testing.T) {
 			}
 		}
 	}
-	time.Sleep(2 * ttl) // tokens rotate again after the restart
+	// The authorisation server expires tokens in real time: two lifetimes on, every token
+	// obtained around the restart has been rotated again.
+	time.Sleep(2 * ttl)
 	for i, s := range sidecars {
 		for _, c := range companies {
 			if code, err := s.get(client, c); err != nil || code != http.StatusOK {

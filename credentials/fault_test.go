@@ -36,13 +36,15 @@ type ftEnv struct {
 	broker  *Broker
 	reloads atomic.Int64 // OnReloadError calls (pleo_proxy_store_reload_failures_total)
 	seeded  map[string]Credential
+	client  *http.Client // asks the resource server whether a grant is accepted
 }
 
 // newFtEnv writes creds to a new credentials file (mode 0600), opens it and starts a broker
 // on the real clock (the authorisation server checks tokens on it too).
 func newFtEnv(t *testing.T, srv *oauthtest.Server, creds ...Credential) *ftEnv {
 	t.Helper()
-	e := &ftEnv{t: t, srv: srv, path: filepath.Join(t.TempDir(), "credentials.json"), reg: prometheus.NewRegistry(), seeded: map[string]Credential{}}
+	e := &ftEnv{t: t, srv: srv, path: filepath.Join(t.TempDir(), "credentials.json"), reg: prometheus.NewRegistry(), seeded: map[string]Credential{},
+		client: &http.Client{Timeout: 10 * time.Second}}
 	if err := os.WriteFile(e.path, fsMarshal(t, creds...), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +103,7 @@ func (e *ftEnv) accepted(g Grant, company string) bool {
 	e.t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, e.srv.URL()+"/v1/probe", nil)
 	req.Header["Authorization"] = g.HeaderValues()
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := e.client.Do(req)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -128,17 +130,6 @@ func (e *ftEnv) gauge(name string) float64 {
 		return m.GetCounter().GetValue()
 	}
 	return -1
-}
-
-func ftWait(t *testing.T, what string, within time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // A store write that fails — the disk full, the directory read-only — after the token endpoint
@@ -231,7 +222,7 @@ func TestFaultStoreWriteFailureKeepsRotatedToken(t *testing.T) {
 			}
 
 			end()
-			ftWait(t, "the pending pair to be written", 15*time.Second, func() bool { return e.broker.PendingWrites() == 0 })
+			testenv.WaitFor(t, "the pending pair to be written", 15*time.Second, func() bool { return e.broker.PendingWrites() == 0 })
 			if v := e.gauge("pleo_proxy_pending_token_writes"); v != 0 {
 				t.Fatalf("pleo_proxy_pending_token_writes = %v after the write landed, want 0", v)
 			}
@@ -278,7 +269,7 @@ func TestFaultCredentialsFileRemovedWhileRunning(t *testing.T) {
 	if err := os.Remove(e.path); err != nil {
 		t.Fatal(err)
 	}
-	ftWait(t, "the removal to be noticed", 5*time.Second, func() bool { return e.store.LastReloadError() != nil })
+	testenv.WaitFor(t, "the removal to be noticed", 5*time.Second, func() bool { return e.store.LastReloadError() != nil })
 	if err := e.store.Ping(ctx); !errors.Is(err, errFileRemoved) {
 		t.Fatalf("Ping = %v, want the removal reported", err)
 	}

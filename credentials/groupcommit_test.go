@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/internal/testenv"
 )
 
 // Concurrent writes are group-committed: far fewer file writes than updates, every
@@ -101,12 +103,15 @@ func TestFileStoreGroupCommitCommitterCancelled(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 	defer cancel()
 	go func() { _, err := s.Update(ctx, c1); first <- err }()
-	time.Sleep(50 * time.Millisecond)
+	queued := func() int { s.queueMu.Lock(); defer s.queueMu.Unlock(); return len(s.queue) }
+	testenv.WaitFor(t, "the first writer to commit (and wait for the lock)", 5*time.Second,
+		func() bool { return len(s.sem) == 1 && queued() == 0 })
 	// The second queues behind it, with all the time in the world.
 	c2 := fsGet(t, s, 2)
 	c2.RefreshToken = "refresh-2b"
 	second := make(chan error, 1)
 	go func() { _, err := s.Update(context.Background(), c2); second <- err }()
+	testenv.WaitFor(t, "the second writer to queue", 5*time.Second, func() bool { return queued() == 1 })
 
 	if err := <-first; !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("the cancelled committer got %v, want context.DeadlineExceeded", err)

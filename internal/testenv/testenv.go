@@ -100,3 +100,16 @@ func withConn(dsn string, fn func(context.Context, *pgx.Conn) error) error {
 	defer conn.Close(context.Background())
 	return fn(ctx, conn)
 }
+
+// WaitFor polls cond until it holds, and fails the test naming what it waited for once
+// within has passed.
+func WaitFor(t testing.TB, what string, within time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", within, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
