@@ -317,7 +317,7 @@ func TestFaultCredentialsFileRemovedWhileRunning(t *testing.T) {
 		t.Fatalf("Ping after the file was recreated: %v", err)
 	}
 	// It stays recreated: polling reads the new file, not a removal.
-	time.Sleep(5 * fsPoll)
+	fsWaitPolls(t, e.store, 5)
 	if err := e.store.Ping(ctx); err != nil {
 		t.Fatalf("Ping a few polls later: %v", err)
 	}
@@ -328,7 +328,7 @@ func TestFaultCredentialsFileRemovedWhileRunning(t *testing.T) {
 func TestFaultMissingAtStartIsNotRecreatedFromAnything(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "credentials.json")
 	s := fsOpen(t, path, FileStoreOptions{})
-	time.Sleep(3 * fsPoll)
+	fsWaitPolls(t, s, 3)
 	if err := s.PutAll(t.Context(), []Credential{stKey(41, IntegratedAPIKey)}, false); err != nil {
 		t.Fatal(err)
 	}

@@ -77,6 +77,8 @@ type FileStore struct {
 
 	snap atomic.Pointer[storeSnapshot]
 	subs subscriberSet
+	// polls counts finished polls, so tests can wait for some to pass.
+	polls atomic.Int64
 
 	// sem serialises this process's writes and reloads (a channel so waiting honours a
 	// context). The fields below it are guarded by it.
@@ -683,6 +685,7 @@ func (s *FileStore) poll() {
 		changed := s.reloadLocked(n%hashEveryPolls == 0)
 		s.release()
 		s.subs.notify(changed)
+		s.polls.Add(1)
 	}
 }
 

@@ -25,6 +25,13 @@ import (
 // fsPoll is the poll interval of the file store tests.
 const fsPoll = 20 * time.Millisecond
 
+// fsWaitPolls waits until s has polled its file n more times.
+func fsWaitPolls(t *testing.T, s *FileStore, n int64) {
+	t.Helper()
+	until := s.polls.Load() + n
+	testenv.WaitFor(t, fmt.Sprintf("%d polls", n), 5*time.Second, func() bool { return s.polls.Load() >= until })
+}
+
 // fsOpen opens a FileStore polling every fsPoll and closes it when the test ends.
 func fsOpen(t *testing.T, path string, opts FileStoreOptions) *FileStore {
 	t.Helper()
@@ -123,7 +130,7 @@ func TestFileStoreMissingFileIsEmptyAndCreatedOnWrite(t *testing.T) {
 		t.Fatalf("Open created the file: %v", err)
 	}
 	// Several polls of a still-missing file are not a failure.
-	time.Sleep(6 * fsPoll)
+	fsWaitPolls(t, s, 6)
 	if err := s.Ping(t.Context()); err != nil {
 		t.Fatalf("Ping after polling a missing file: %v", err)
 	}
@@ -399,7 +406,7 @@ func TestFileStoreIgnoresTouchAndSameContent(t *testing.T) {
 		t.Fatal(err)
 	}
 	fsReplace(t, path, data)
-	time.Sleep(3 * hashEveryPolls * fsPoll)
+	fsWaitPolls(t, s, 3*hashEveryPolls)
 	if n := ev.count(); n != 0 {
 		t.Errorf("%d events for a file whose content did not change", n)
 	}
@@ -485,7 +492,7 @@ func TestFileStoreBadReloadKeepsLastGood(t *testing.T) {
 
 	// The same content again is not a new failure; a different one is logged once more.
 	fsReplace(t, path, []byte(bad))
-	time.Sleep(3 * hashEveryPolls * fsPoll)
+	fsWaitPolls(t, s, 3*hashEveryPolls)
 	if n := failures(); n != 1 {
 		t.Errorf("logged %d failures for one bad file, want 1:\n%s", n, logs.String())
 	}
@@ -494,7 +501,7 @@ func TestFileStoreBadReloadKeepsLastGood(t *testing.T) {
 		err := s.LastReloadError()
 		return err != nil && !strings.Contains(err.Error(), "company_id")
 	})
-	time.Sleep(3 * fsPoll)
+	fsWaitPolls(t, s, 3)
 	if n := failures(); n != 2 {
 		t.Errorf("logged %d failures for two bad files, want 2:\n%s", n, logs.String())
 	}
@@ -647,7 +654,7 @@ func TestFileStoreLockWaitHonoursContext(t *testing.T) {
 	// Once the lock is released, a waiting write goes through.
 	done := make(chan error, 1)
 	go func() { _, err := s.Update(t.Context(), c); done <- err }()
-	time.Sleep(10 * time.Millisecond)
+	testenv.WaitFor(t, "the write to wait for the lock", 5*time.Second, func() bool { return len(s.sem) == 1 })
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_UN); err != nil {
 		t.Fatal(err)
 	}
@@ -945,7 +952,7 @@ func TestFileStorePlainFileEncryptedOnFirstWrite(t *testing.T) {
 	if !fsHas(s, 1, fsSecretCred(1).RefreshToken.Reveal()) {
 		t.Fatal("the plain file was not read")
 	}
-	time.Sleep(3 * hashEveryPolls * fsPoll)
+	fsWaitPolls(t, s, 3*hashEveryPolls)
 	if n := strings.Count(logs.String(), "not encrypted"); n != 1 {
 		t.Errorf("logged the plain file %d times, want once:\n%s", n, logs.String())
 	}
@@ -1441,7 +1448,7 @@ func TestFileStoreRefusesLoosePermissions(t *testing.T) {
 		}
 		// One failure is counted once, not on every poll.
 		calls := hook.Load()
-		time.Sleep(3 * hashEveryPolls * fsPoll)
+		fsWaitPolls(t, s, 3*hashEveryPolls)
 		if hook.Load() != calls {
 			t.Errorf("OnReloadError called %d more times for the same file", hook.Load()-calls)
 		}
