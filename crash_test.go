@@ -123,6 +123,18 @@ func (s *sidecar) commitWindowP99(t *testing.T) (float64, float64) {
 	return math.Inf(1), total
 }
 
+// grantedCredential is an oauth2 credential for company with tokens freshly granted by srv,
+// stored as expiring at expiresAt.
+func grantedCredential(t *testing.T, srv *oauthtest.Server, company string, expiresAt time.Time) credentials.Credential {
+	t.Helper()
+	tok, err := srv.Grant(context.Background(), company)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return credentials.Credential{CompanyID: company, Type: credentials.OAuth2, ExpiresAt: expiresAt,
+		AccessToken: credentials.Secret(tok.AccessToken), RefreshToken: credentials.Secret(tok.RefreshToken)}
+}
+
 // TestCrashRecovery kills the sidecar with SIGKILL right after a refresh storm, and again under
 // steady load with refreshes going on, restarts it on the same file store each time, and checks
 // against a strict, reuse-detecting authorisation server that no refresh token was lost or
@@ -134,14 +146,8 @@ func TestCrashRecovery(t *testing.T) {
 	var creds []credentials.Credential
 	for i := range companies {
 		companies[i] = fmt.Sprintf("c0a50000-0000-4000-8000-%012d", i)
-		tok, err := srv.Grant(context.Background(), companies[i])
-		if err != nil {
-			t.Fatal(err)
-		}
 		// Expired locally: the first request for each company refreshes.
-		creds = append(creds, credentials.Credential{CompanyID: companies[i], Type: credentials.OAuth2,
-			AccessToken: credentials.Secret(tok.AccessToken), RefreshToken: credentials.Secret(tok.RefreshToken),
-			ExpiresAt: time.Now().Add(-time.Minute)})
+		creds = append(creds, grantedCredential(t, srv, companies[i], time.Now().Add(-time.Minute)))
 	}
 	dir := t.TempDir()
 	storePath := filepath.Join(dir, "credentials.json")

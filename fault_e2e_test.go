@@ -7,7 +7,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -54,12 +53,8 @@ func newFaultEnv(t *testing.T, dir string, uid int, companies ...string) *faultE
 		uid: uid, bin: binary(t), initial: map[string]credentials.Credential{}}
 	var creds []credentials.Credential
 	for _, c := range companies {
-		tok, err := e.srv.Grant(context.Background(), c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cred := credentials.Credential{CompanyID: c, Type: credentials.OAuth2, AccessToken: credentials.Secret(tok.AccessToken),
-			RefreshToken: credentials.Secret(tok.RefreshToken), ExpiresAt: time.Now().Add(time.Hour), LastRefreshedAt: time.Now()}
+		cred := grantedCredential(t, e.srv, c, time.Now().Add(time.Hour))
+		cred.LastRefreshedAt = time.Now()
 		creds = append(creds, cred)
 		e.initial[c] = cred
 	}

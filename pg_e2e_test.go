@@ -121,13 +121,7 @@ func TestPGMultiProcess(t *testing.T) {
 	var creds []credentials.Credential
 	for i := range companies {
 		companies[i] = fmt.Sprintf("b0570000-0000-4000-8000-%012d", i)
-		tok, err := srv.Grant(context.Background(), companies[i])
-		if err != nil {
-			t.Fatal(err)
-		}
-		creds = append(creds, credentials.Credential{CompanyID: companies[i], Type: credentials.OAuth2,
-			AccessToken: credentials.Secret(tok.AccessToken), RefreshToken: credentials.Secret(tok.RefreshToken),
-			ExpiresAt: time.Now().Add(-time.Minute)})
+		creds = append(creds, grantedCredential(t, srv, companies[i], time.Now().Add(-time.Minute)))
 	}
 	doc, err := credentials.Marshal(creds)
 	if err != nil {
