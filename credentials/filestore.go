@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -269,8 +270,8 @@ func (s *FileStore) PutAll(ctx context.Context, creds []Credential, replaceAll b
 	if err != nil {
 		return err
 	}
-	return s.write(ctx, func(cur map[string]Credential) (map[string]Credential, error) {
-		return mergeBatch(cur, batch, replaceAll)
+	return s.write(ctx, func(m map[string]Credential) error {
+		return mergeBatch(m, batch, replaceAll)
 	})
 }
 
@@ -283,10 +284,10 @@ func (s *FileStore) Update(ctx context.Context, c Credential) (Credential, error
 		return Credential{}, err
 	}
 	var updated Credential
-	err = s.write(ctx, func(cur map[string]Credential) (map[string]Credential, error) {
-		next, u, err := applyUpdate(cur, c)
-		updated = u
-		return next, err
+	err = s.write(ctx, func(m map[string]Credential) error {
+		var err error
+		updated, err = applyUpdate(m, c)
+		return err
 	})
 	if err != nil {
 		return Credential{}, err
@@ -296,8 +297,8 @@ func (s *FileStore) Update(ctx context.Context, c Credential) (Credential, error
 
 // Delete removes the company's credential from the file, or returns ErrNotFound.
 func (s *FileStore) Delete(ctx context.Context, companyID string) error {
-	return s.write(ctx, func(cur map[string]Credential) (map[string]Credential, error) {
-		return applyDelete(cur, companyID)
+	return s.write(ctx, func(m map[string]Credential) error {
+		return applyDelete(m, companyID)
 	})
 }
 
@@ -336,8 +337,8 @@ func (s *FileStore) Close() error {
 
 func (s *FileStore) release() { <-s.sem }
 
-// write runs mutate on the credentials as they are on disk, under s.sem and the file lock,
-// and writes its result. Subscribers hear of every company that differs from the snapshot
+// write runs mutate, in place on a private copy of the credentials as they are on disk, under
+// s.sem and the file lock, and writes the result. Subscribers hear of every company that differs from the snapshot
 // held before, whoever changed it.
 //
 // Writes are group-committed: a caller queues its mutation, and whichever caller takes s.sem
@@ -346,7 +347,7 @@ func (s *FileStore) release() { <-s.sem }
 // updates stay exact); one that fails is left out and fails alone. In a refresh storm this
 // turns N file rewrites and 2N fsyncs, one after another inside every token's crash window,
 // into a few.
-func (s *FileStore) write(ctx context.Context, mutate func(map[string]Credential) (map[string]Credential, error)) error {
+func (s *FileStore) write(ctx context.Context, mutate func(m map[string]Credential) error) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("credentials: file store %s: %w", s.path, err)
 	}
@@ -373,7 +374,7 @@ func (s *FileStore) write(ctx context.Context, mutate func(map[string]Credential
 
 // writeRequest is one queued mutation of write, and its outcome once done is closed.
 type writeRequest struct {
-	mutate func(map[string]Credential) (map[string]Credential, error)
+	mutate func(m map[string]Credential) error // in place; m untouched when it fails
 	err    error
 	done   chan struct{}
 }
@@ -412,14 +413,12 @@ func (s *FileStore) commitQueued(ctx context.Context, self *writeRequest) {
 	ran, applied := false, 0
 	err := s.writeLocked(ctx, func(cur map[string]Credential) (map[string]Credential, error) {
 		ran = true
-		m := cur
+		m := maps.Clone(cur) // cur may be the published snapshot: one private copy per batch
 		for _, r := range batch {
-			next, err := r.mutate(m)
-			if err != nil {
+			if err := r.mutate(m); err != nil {
 				r.err = err
 				continue
 			}
-			m = next
 			applied++
 		}
 		if applied == 0 {
@@ -483,7 +482,7 @@ func (s *FileStore) writeLocked(ctx context.Context, mutate func(map[string]Cred
 		// so does a write, which recreates the file from them. Starting from an empty file
 		// instead would drop every other credential, and turn a rotated refresh token's commit
 		// into ErrNotFound — the token lost, the company forced to reconnect.
-		cur = s.snap.Load().byCompany // immutable: mutate builds a new map
+		cur = s.snap.Load().byCompany // immutable: mutate works on a copy
 		s.logger.Warn("the credentials file was removed; recreating it from the last good credentials",
 			"path", s.path, "credentials", len(cur))
 	} else {
@@ -794,9 +793,9 @@ func (s *FileStore) RotateKey(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("credentials: file store %s: rotate key: no encryption key is configured", s.path)
 	}
 	n := 0
-	err := s.write(ctx, func(cur map[string]Credential) (map[string]Credential, error) {
-		n = len(cur)
-		return cur, nil
+	err := s.write(ctx, func(m map[string]Credential) error {
+		n = len(m)
+		return nil
 	})
 	if err != nil {
 		return 0, err

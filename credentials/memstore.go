@@ -3,6 +3,7 @@ package credentials
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 )
@@ -55,8 +56,8 @@ func (s *MemoryStore) PutAll(ctx context.Context, creds []Credential, replaceAll
 		return err
 	}
 	s.mu.Lock()
-	next, err := mergeBatch(s.snap.byCompany, batch, replaceAll)
-	if err != nil {
+	next := maps.Clone(s.snap.byCompany)
+	if err := mergeBatch(next, batch, replaceAll); err != nil {
 		s.mu.Unlock()
 		return err
 	}
@@ -77,7 +78,8 @@ func (s *MemoryStore) Update(ctx context.Context, c Credential) (Credential, err
 		return Credential{}, err
 	}
 	s.mu.Lock()
-	next, updated, err := applyUpdate(s.snap.byCompany, c)
+	next := maps.Clone(s.snap.byCompany)
+	updated, err := applyUpdate(next, c)
 	if err != nil {
 		s.mu.Unlock()
 		return Credential{}, err
@@ -94,8 +96,8 @@ func (s *MemoryStore) Delete(ctx context.Context, companyID string) error {
 		return fmt.Errorf("credentials: delete: %w", err)
 	}
 	s.mu.Lock()
-	next, err := applyDelete(s.snap.byCompany, companyID)
-	if err != nil {
+	next := maps.Clone(s.snap.byCompany)
+	if err := applyDelete(next, companyID); err != nil {
 		s.mu.Unlock()
 		return err
 	}
@@ -232,79 +234,75 @@ func prepareBatch(creds []Credential) ([]Credential, error) {
 	return out, nil
 }
 
-// mergeBatch returns a new map: cur (or nothing, with replaceAll) plus batch, which must come
-// from prepareBatch. A written record's version is the stored one plus one, or 1. It fails,
-// leaving cur untouched, when a tenant id would name two companies.
-func mergeBatch(cur map[string]Credential, batch []Credential, replaceAll bool) (map[string]Credential, error) {
-	next := make(map[string]Credential, len(cur)+len(batch))
+// mergeBatch adds batch, which must come from prepareBatch, to m in place (with replaceAll, m
+// then holds the batch only). A written record's version is the stored one plus one, or 1. It
+// fails, leaving m untouched, when a tenant id would name two companies.
+func mergeBatch(m map[string]Credential, batch []Credential, replaceAll bool) error {
 	if !replaceAll {
-		for id, c := range cur {
-			next[id] = c
+		// The batch has no tenant twice (prepareBatch); it must not take one that a record it
+		// leaves in place holds.
+		inBatch := make(map[string]bool, len(batch))
+		for _, c := range batch {
+			inBatch[c.CompanyID] = true
+		}
+		kept := make(map[string]string, len(m))
+		for id, c := range m {
+			if c.TenantID != "" && !inBatch[id] {
+				kept[c.TenantID] = id
+			}
+		}
+		for i, c := range batch {
+			if other, taken := kept[c.TenantID]; c.TenantID != "" && taken {
+				return &RecordError{Index: i, CompanyID: c.CompanyID,
+					Err: fmt.Errorf("tenant_id is already used by company %s", other)}
+			}
 		}
 	}
-	for _, c := range batch {
-		c.Version = cur[c.CompanyID].Version + 1
-		next[c.CompanyID] = c
-	}
-	// The batch has no tenant twice (prepareBatch); it must not take one that a record it
-	// leaves in place holds.
-	inBatch := make(map[string]bool, len(batch))
-	for _, c := range batch {
-		inBatch[c.CompanyID] = true
-	}
-	kept := make(map[string]string, len(next))
-	for id, c := range next {
-		if c.TenantID != "" && !inBatch[id] {
-			kept[c.TenantID] = id
-		}
-	}
+	written := make([]Credential, len(batch))
 	for i, c := range batch {
-		if other, taken := kept[c.TenantID]; c.TenantID != "" && taken {
-			return nil, &RecordError{Index: i, CompanyID: c.CompanyID,
-				Err: fmt.Errorf("tenant_id is already used by company %s", other)}
-		}
+		c.Version = m[c.CompanyID].Version + 1
+		written[i] = c
 	}
-	return next, nil
+	if replaceAll {
+		clear(m)
+	}
+	for _, c := range written {
+		m[c.CompanyID] = c
+	}
+	return nil
 }
 
-// applyUpdate is the compare-and-swap of Update on a copy of cur. c comes from prepareOne.
-func applyUpdate(cur map[string]Credential, c Credential) (map[string]Credential, Credential, error) {
-	stored, ok := cur[c.CompanyID]
+// applyUpdate is the compare-and-swap of Update, in place on m; c comes from prepareOne. It
+// returns the stored credential, or an error leaving m untouched.
+func applyUpdate(m map[string]Credential, c Credential) (Credential, error) {
+	stored, ok := m[c.CompanyID]
 	if !ok {
-		return nil, Credential{}, fmt.Errorf("%w: company %s", ErrNotFound, c.CompanyID)
+		return Credential{}, fmt.Errorf("%w: company %s", ErrNotFound, c.CompanyID)
 	}
 	if stored.Version != c.Version {
-		return nil, Credential{}, fmt.Errorf("%w: company %s is at version %d, not %d", ErrConflict, c.CompanyID, stored.Version, c.Version)
+		return Credential{}, fmt.Errorf("%w: company %s is at version %d, not %d", ErrConflict, c.CompanyID, stored.Version, c.Version)
 	}
-	if c.TenantID != "" {
-		for id, other := range cur {
+	// Only a tenant that changes can collide (a refresh keeps it): no scan on the refresh path.
+	if c.TenantID != "" && c.TenantID != stored.TenantID {
+		for id, other := range m {
 			if id != c.CompanyID && other.TenantID == c.TenantID {
-				return nil, Credential{}, &FieldError{Field: "tenant_id", Reason: "is already used by company " + id}
+				return Credential{}, &FieldError{Field: "tenant_id", Reason: "is already used by company " + id}
 			}
 		}
 	}
 	c.Version = stored.Version + 1
-	next := make(map[string]Credential, len(cur))
-	for id, other := range cur {
-		next[id] = other
-	}
-	next[c.CompanyID] = c
-	return next, c, nil
+	m[c.CompanyID] = c
+	return c, nil
 }
 
-// applyDelete removes companyID from a copy of cur, or returns ErrNotFound.
-func applyDelete(cur map[string]Credential, companyID string) (map[string]Credential, error) {
+// applyDelete removes companyID from m in place, or returns ErrNotFound.
+func applyDelete(m map[string]Credential, companyID string) error {
 	companyID = CanonicalCompanyID(companyID)
-	if _, ok := cur[companyID]; !ok {
-		return nil, fmt.Errorf("%w: company %s", ErrNotFound, companyID)
+	if _, ok := m[companyID]; !ok {
+		return fmt.Errorf("%w: company %s", ErrNotFound, companyID)
 	}
-	next := make(map[string]Credential, len(cur))
-	for id, c := range cur {
-		if id != companyID {
-			next[id] = c
-		}
-	}
-	return next, nil
+	delete(m, companyID)
+	return nil
 }
 
 // diffCompanies returns, sorted, the companies added, removed or changed between old and next.
