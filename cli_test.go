@@ -452,12 +452,13 @@ func TestServeEncryptedStoreBadReload(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no start line")
 	}
+	client := &http.Client{Timeout: 10 * time.Second}
 	get := func(url string, hdr ...string) (int, string) {
 		req, _ := http.NewRequest("GET", url, nil)
 		if len(hdr) == 2 {
 			req.Header.Set(hdr[0], hdr[1])
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

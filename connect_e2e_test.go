@@ -184,20 +184,21 @@ func TestConnectEndToEnd(t *testing.T) {
 	}
 
 	browser := connectBrowser(t)
+	plainClient := &http.Client{Timeout: 20 * time.Second} // no cookies: the data and admin listeners
 	status, body := connectGet(t, browser, "http://"+connectAddr+"/connect?"+url.Values{"tenant_id": {"erp-e2e"}}.Encode())
 	if status != http.StatusOK || !strings.Contains(body, "Connected") || !strings.Contains(body, company) {
 		t.Fatalf("consent flow: %d %s\n%s", status, body, s.log())
 	}
-	status, body = connectGet(t, http.DefaultClient, "http://"+s.data+"/v1/export-jobs", "X-Tenant-Id", "erp-e2e")
+	status, body = connectGet(t, plainClient, "http://"+s.data+"/v1/export-jobs", "X-Tenant-Id", "erp-e2e")
 	var echo oauthtest.Echo
 	if status != http.StatusOK || json.Unmarshal([]byte(body), &echo) != nil || echo.CompanyID != company {
 		t.Fatalf("proxied request: %d %s", status, body)
 	}
 	// Another path of the connect listener is nothing; the data listener has no /connect.
-	if status, _ := connectGet(t, http.DefaultClient, "http://"+connectAddr+"/v1/export-jobs"); status != http.StatusNotFound {
+	if status, _ := connectGet(t, plainClient, "http://"+connectAddr+"/v1/export-jobs"); status != http.StatusNotFound {
 		t.Fatalf("connect listener served a data path: %d", status)
 	}
-	_, metricsText := connectGet(t, http.DefaultClient, "http://"+s.admin+"/metrics")
+	_, metricsText := connectGet(t, plainClient, "http://"+s.admin+"/metrics")
 	for _, want := range []string{`pleo_proxy_connects_total{result="started"} 1`, `pleo_proxy_connects_total{result="completed"} 1`} {
 		if !strings.Contains(metricsText, want) {
 			t.Errorf("/metrics lacks %s", want)
@@ -245,7 +246,7 @@ func TestDevConsentFlow(t *testing.T) {
 	if status != http.StatusOK || !strings.Contains(body, devConnectCompany) {
 		t.Fatalf("dev consent flow: %d %s\n%s", status, body, s.log())
 	}
-	status, body = connectGet(t, http.DefaultClient, "http://"+s.data+"/v1/export-jobs", "X-Tenant-Id", devConnectTenant)
+	status, body = connectGet(t, &http.Client{Timeout: 20 * time.Second}, "http://"+s.data+"/v1/export-jobs", "X-Tenant-Id", devConnectTenant)
 	if status != http.StatusOK || !strings.Contains(body, devConnectCompany) {
 		t.Fatalf("proxied: %d %s", status, body)
 	}

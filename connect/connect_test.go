@@ -206,7 +206,7 @@ func (e *env) proxied(tenant string) (int, map[string]any) {
 	e.t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, e.proxy.URL+"/v1/export-jobs", nil)
 	req.Header.Set("X-Tenant-Id", tenant)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := e.proxy.Client().Do(req)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -454,17 +454,17 @@ func TestConnectRefusesBadStart(t *testing.T) {
 		"malformed query": "/connect?tenant_id=%zz",
 	} {
 		t.Run(name, func(t *testing.T) {
-			r := get(t, http.DefaultClient, e.srv.URL+target)
+			r := get(t, e.srv.Client(), e.srv.URL+target)
 			if r.status != http.StatusBadRequest || !strings.Contains(r.body, "Cannot connect") {
 				t.Fatalf("%d %s", r.status, r.body)
 			}
 			checkPageHeaders(t, r.header)
 		})
 	}
-	if r := get(t, http.DefaultClient, e.srv.URL+"/elsewhere"); r.status != http.StatusNotFound {
+	if r := get(t, e.srv.Client(), e.srv.URL+"/elsewhere"); r.status != http.StatusNotFound {
 		t.Fatalf("unknown path: %d", r.status)
 	}
-	resp, err := http.Post(e.srv.URL+"/connect?tenant_id=a", "text/plain", nil)
+	resp, err := e.srv.Client().Post(e.srv.URL+"/connect?tenant_id=a", "text/plain", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -563,7 +563,7 @@ func TestCallbackRefusesBadStates(t *testing.T) {
 		}},
 		{name: "no binding cookie", want: "another browser", status: 400, callback: func(e *env) (string, *http.Client) {
 			cb := e.untilCallback(newBrowser(e.t), "t-1")
-			return cb.String(), http.DefaultClient
+			return cb.String(), e.srv.Client() // no cookie jar
 		}},
 	}
 	for _, c := range cases {
@@ -706,7 +706,7 @@ func TestPagesEscape(t *testing.T) {
 	}
 
 	// A refused start with a hostile (too long) tenant id.
-	r = get(t, http.DefaultClient, e.connectURL(hostile+strings.Repeat("y", 300)))
+	r = get(t, e.srv.Client(), e.connectURL(hostile+strings.Repeat("y", 300)))
 	if r.status != http.StatusBadRequest {
 		t.Fatalf("%d", r.status)
 	}

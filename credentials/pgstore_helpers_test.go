@@ -30,9 +30,6 @@ func pgTestSchema(t testing.TB, dsn string) string {
 	return u.String()
 }
 
-// pgBaseDSN is the server's DSN (testenv.PostgresDSN).
-func pgBaseDSN(t testing.TB) string { t.Helper(); return testenv.PostgresDSN(t) }
-
 // pgOpen opens a PGStore on dsn, closed when the test ends.
 func pgOpen(t testing.TB, dsn string, opts PGStoreOptions) *PGStore {
 	t.Helper()

@@ -168,10 +168,15 @@ func TestPGRefreshLock(t *testing.T) {
 		if err := la.Lease(ctx, time.Minute); err != nil {
 			t.Fatal(err)
 		}
+		// Once the second process waits on the advisory lock (or, wrongly, has it), look.
+		stWaitFor(t, "the second process to wait on the lock", func() bool {
+			return len(got) > 0 || pgQueryString(t, dsn, `SELECT count(*)::text FROM pg_locks WHERE locktype = 'advisory'
+				AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`) != "0"
+		})
 		select {
 		case <-got:
 			t.Fatal("a second process took a held lock")
-		case <-time.After(100 * time.Millisecond):
+		default:
 		}
 		next := la.Current()
 		next.AccessToken, next.RefreshToken = "access-1b", "refresh-1b"
@@ -247,7 +252,11 @@ func TestPGRefreshLock(t *testing.T) {
 		if _, err := b.LockRefresh(ctx, stCompany(2)); !errors.Is(err, ErrRefreshInProgress) {
 			t.Fatalf("before expiry: %v", err)
 		}
-		time.Sleep(400 * time.Millisecond)
+		// The lease ends by the database's clock: wait until that clock has passed it.
+		stWaitFor(t, "the lease to expire", func() bool {
+			return pgQueryString(t, dsn, `SELECT (refresh_lease_until <= now())::text
+				FROM pleo_proxy_credentials WHERE company_id = $1`, CanonicalCompanyID(stCompany(2))) == "true"
+		})
 		lb, err := b.LockRefresh(ctx, stCompany(2))
 		if err != nil {
 			t.Fatalf("after expiry: %v", err)
@@ -299,9 +308,9 @@ func TestPGRefreshLock(t *testing.T) {
 	})
 }
 
-// TestPGStoreUnreachable: Open fails, naming no password, when the server is unreachable.
+// TestPGStoreUnreachable: Open fails, naming no password, when the server is unreachable (no
+// server needed).
 func TestPGStoreUnreachable(t *testing.T) {
-	pgBaseDSN(t)
 	_, err := Open("postgres://user:hunter2@127.0.0.1:1/db?connect_timeout=1", OpenOptions{})
 	if err == nil || strings.Contains(err.Error(), "hunter2") {
 		t.Fatalf("Open of an unreachable database: %v", err)

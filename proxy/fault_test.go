@@ -192,11 +192,16 @@ func TestFaultRetryAfter401HitsBrokenConnection(t *testing.T) {
 // body fails, which the handler must not recover from; a recovery that swallowed it would end
 // the chunked body cleanly and this test would fail.
 func TestFaultUpstreamResetMidBody(t *testing.T) {
+	const firstPart = `{"part":1}`
+	partDelivered := make(chan struct{}) // closed once the caller has read the first part
 	up := newFaultUpstream(t, func(c net.Conn, rw *bufio.ReadWriter, r *http.Request) {
 		rw.WriteString("HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n")
 		rw.WriteString("d\r\n{\"part\":1}\r\n\r\n")
 		rw.Flush()
-		time.Sleep(50 * time.Millisecond)
+		select { // reset only once the body is known to be under way
+		case <-partDelivered:
+		case <-t.Context().Done():
+		}
 		reset(c)
 	})
 	f := newFixture(t, nil, func(o *proxy.Options) { o.Upstream, _ = url.Parse(up.srv.URL) })
@@ -207,11 +212,19 @@ func TestFaultUpstreamResetMidBody(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	got, err := io.ReadAll(resp.Body)
+	got := make([]byte, len(firstPart))
+	n, err := io.ReadFull(resp.Body, got)
+	got = got[:n]
+	close(partDelivered)
+	if err == nil {
+		var rest []byte
+		rest, err = io.ReadAll(resp.Body)
+		got = append(got, rest...)
+	}
 	if resp.StatusCode != http.StatusOK || err == nil {
 		t.Fatalf("got %d, body %q, read error %v; want 200 and a failed read", resp.StatusCode, got, err)
 	}
-	if strings.Contains(string(got), "problem") || !strings.HasPrefix(string(got), `{"part":1}`) {
+	if strings.Contains(string(got), "problem") || !strings.HasPrefix(string(got), firstPart) {
 		t.Fatalf("body %q", got)
 	}
 	if n := up.requests.Load(); n != 1 {
@@ -273,7 +286,13 @@ func TestFaultSlowUpstream(t *testing.T) {
 			for i := range 3 {
 				io.WriteString(w, `{"chunk":`+string(rune('1'+i))+"}\n")
 				w.(http.Flusher).Flush()
-				time.Sleep(timeout)
+				// The gap itself is what is under test (it must outlast the upstream timeout),
+				// so it is real time, not a wait for an event.
+				select {
+				case <-time.After(timeout):
+				case <-r.Context().Done():
+					return
+				}
 			}
 		}, func(o *proxy.Options) { o.Transport = proxy.NewUpstreamTransport(timeout) })
 		req, _ := http.NewRequest(http.MethodGet, f.proxy.URL+"/v1/stream", nil)

@@ -256,21 +256,7 @@ func TestConnectionHeaderCannotRemoveInjectedAuthorization(t *testing.T) {
 // Host headers can be sent, and returns the status code.
 func rawRequest(t *testing.T, addr, raw string) int {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(c, raw); err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	return resp.StatusCode
+	return exchangeBody(t, addr, raw).status
 }
 
 func TestDestinationCannotBeChanged(t *testing.T) {

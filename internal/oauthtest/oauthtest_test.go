@@ -32,6 +32,9 @@ type tokenResp struct {
 	Error        string `json:"error"`
 }
 
+// testClient is the tests' own HTTP client (bounded, and never the process-wide default).
+var testClient = &http.Client{Timeout: 10 * time.Second}
+
 func postForm(t *testing.T, s *oauthtest.Server, endpoint string, form url.Values, basic bool) (int, tokenResp) {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, endpoint, strings.NewReader(form.Encode()))
@@ -43,7 +46,7 @@ func postForm(t *testing.T, s *oauthtest.Server, endpoint string, form url.Value
 	if basic {
 		req.SetBasicAuth(url.QueryEscape(s.ClientID()), url.QueryEscape(s.ClientSecret()))
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testClient.Do(req)
 	if err != nil {
 		t.Error(err) // may run off the test goroutine: no Fatal
 		return 0, tokenResp{}
@@ -108,7 +111,7 @@ func api(t testing.TB, client *http.Client, s *oauthtest.Server, token, method, 
 
 func echoStatus(t *testing.T, s *oauthtest.Server, token string) int {
 	t.Helper()
-	status, _, _ := api(t, http.DefaultClient, s, token, http.MethodGet, "/v1/export-jobs", nil)
+	status, _, _ := api(t, testClient, s, token, http.MethodGet, "/v1/export-jobs", nil)
 	return status
 }
 
@@ -165,18 +168,18 @@ func TestGrant(t *testing.T) {
 		t.Fatalf("granted scope %q", got)
 	}
 
-	status, body, _ := api(t, http.DefaultClient, s, tok.AccessToken, http.MethodGet, "/v1/installations/me", nil)
+	status, body, _ := api(t, testClient, s, tok.AccessToken, http.MethodGet, "/v1/installations/me", nil)
 	if status != http.StatusOK || body["resource"] != "urn:pleo:company:"+company {
 		t.Fatalf("installations/me: %d %v", status, body)
 	}
-	status, body, _ = api(t, http.DefaultClient, s, tok.AccessToken, http.MethodGet, "/v1/introspect", nil)
+	status, body, _ = api(t, testClient, s, tok.AccessToken, http.MethodGet, "/v1/introspect", nil)
 	if status != http.StatusOK || body["subjectURN"] != "urn:pleo:company:"+company {
 		t.Fatalf("introspect: %d %v", status, body)
 	}
 
 	// Without a company the server picks a random one.
 	tok2 := grant(t, s, "")
-	_, body, _ = api(t, http.DefaultClient, s, tok2.AccessToken, http.MethodGet, "/v1/installations/me", nil)
+	_, body, _ = api(t, testClient, s, tok2.AccessToken, http.MethodGet, "/v1/installations/me", nil)
 	res, _ := body["resource"].(string)
 	if _, err := uuid.Parse(strings.TrimPrefix(res, "urn:pleo:company:")); err != nil || res == "urn:pleo:company:"+company {
 		t.Fatalf("random company: %q", res)
@@ -327,7 +330,7 @@ func TestClientAuthentication(t *testing.T) {
 	}.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.SetBasicAuth(url.QueryEscape(s.ClientID()), "wrong")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -445,7 +448,7 @@ func TestRevokeAccessTokens(t *testing.T) {
 
 	s.RevokeAccessTokens(a)
 	for _, tok := range []*xoauth2.Token{ta, ta2} {
-		status, body, h := api(t, http.DefaultClient, s, tok.AccessToken, http.MethodGet, "/v1/export-jobs", nil)
+		status, body, h := api(t, testClient, s, tok.AccessToken, http.MethodGet, "/v1/export-jobs", nil)
 		if status != http.StatusUnauthorized || h.Get("WWW-Authenticate") != `Bearer error="invalid_token"` {
 			t.Fatalf("revoked token: %d %v %q", status, body, h.Get("WWW-Authenticate"))
 		}
@@ -466,7 +469,7 @@ func TestRevokeAccessTokens(t *testing.T) {
 func TestDeleteInstallationRevokesEverything(t *testing.T) {
 	s := oauthtest.NewServer(t, oauthtest.Options{})
 	tok := grant(t, s, uuid.NewString())
-	status, _, _ := api(t, http.DefaultClient, s, tok.AccessToken, http.MethodDelete, "/v1/installations/me", nil)
+	status, _, _ := api(t, testClient, s, tok.AccessToken, http.MethodDelete, "/v1/installations/me", nil)
 	if status != http.StatusNoContent {
 		t.Fatalf("DELETE installations/me: %d", status)
 	}
@@ -500,9 +503,13 @@ func TestAccessTTL(t *testing.T) {
 }
 
 func TestRefreshTTL(t *testing.T) {
-	s := oauthtest.NewServer(t, oauthtest.Options{RefreshTTL: time.Second})
+	const ttl = time.Second
+	s := oauthtest.NewServer(t, oauthtest.Options{RefreshTTL: ttl})
 	tok := grant(t, s, uuid.NewString())
-	time.Sleep(2 * time.Second)
+	// fosite stamps the expiry as Round(time.Now()+ttl, 1s) and compares it with time.Now();
+	// it takes no injected clock, and refreshing to probe would rotate the token. So the
+	// test waits on the wall clock, exactly until the latest instant the token can expire.
+	time.Sleep(time.Until(time.Now().Add(ttl).Round(time.Second)) + time.Millisecond)
 	status, tr := refresh(t, s, tok.RefreshToken)
 	expectInvalidGrant(t, status, tr)
 }
@@ -546,7 +553,7 @@ func TestEcho(t *testing.T) {
 	body := make([]byte, 1<<20+123)
 	_, _ = rand.Read(body)
 	sum := sha256.Sum256(body)
-	status, m, _ := api(t, http.DefaultClient, s, tok.AccessToken, http.MethodPost, "/v1/export-jobs?company_id="+company, body)
+	status, m, _ := api(t, testClient, s, tok.AccessToken, http.MethodPost, "/v1/export-jobs?company_id="+company, body)
 	if status != http.StatusOK {
 		t.Fatalf("echo: %d %v", status, m)
 	}
@@ -564,19 +571,19 @@ func TestEcho(t *testing.T) {
 		}
 	}
 	// Empty body.
-	_, m, _ = api(t, http.DefaultClient, s, tok.AccessToken, http.MethodGet, "/v1/x", nil)
+	_, m, _ = api(t, testClient, s, tok.AccessToken, http.MethodGet, "/v1/x", nil)
 	empty := sha256.Sum256(nil)
 	if m["body_sha256"] != hex.EncodeToString(empty[:]) || m["body_len"] != float64(0) {
 		t.Fatalf("empty body: %v", m)
 	}
 
 	// Another company's id: 403.
-	status, _, _ = api(t, http.DefaultClient, s, tok.AccessToken, http.MethodGet, "/v1/export-jobs?company_id="+uuid.NewString(), nil)
+	status, _, _ = api(t, testClient, s, tok.AccessToken, http.MethodGet, "/v1/export-jobs?company_id="+uuid.NewString(), nil)
 	if status != http.StatusForbidden {
 		t.Fatalf("other company: %d", status)
 	}
 	// Same company, other spelling of the UUID: fine.
-	status, _, _ = api(t, http.DefaultClient, s, tok.AccessToken, http.MethodGet, "/v1/export-jobs?company_id="+strings.ToUpper(company), nil)
+	status, _, _ = api(t, testClient, s, tok.AccessToken, http.MethodGet, "/v1/export-jobs?company_id="+strings.ToUpper(company), nil)
 	if status != http.StatusOK {
 		t.Fatalf("upper-case company id: %d", status)
 	}
@@ -592,7 +599,7 @@ func TestEcho(t *testing.T) {
 		if hdr != "" {
 			req.Header.Set("Authorization", hdr)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := testClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -615,7 +622,7 @@ func TestIntrospection(t *testing.T) {
 		req, _ := http.NewRequest(http.MethodPost, s.IntrospectURL(), strings.NewReader(url.Values{"token": {token}}.Encode()))
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 		auth(req)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := testClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -671,7 +678,7 @@ func TestConcurrentRefresh50Companies(t *testing.T) {
 
 	// Refresh all 50 at once through golang.org/x/oauth2 (Basic auth).
 	conf := s.OAuth2Config()
-	ctx := context.WithValue(context.Background(), xoauth2.HTTPClient, http.DefaultClient)
+	ctx := context.WithValue(context.Background(), xoauth2.HTTPClient, testClient)
 	fresh := make([]*xoauth2.Token, n)
 	errs = make(chan error, n)
 	for i := range n {
@@ -695,7 +702,7 @@ func TestConcurrentRefresh50Companies(t *testing.T) {
 		if fresh[i].RefreshToken == tokens[i].RefreshToken {
 			t.Fatalf("company %d: refresh token not rotated", i)
 		}
-		status, body, _ := api(t, http.DefaultClient, s, fresh[i].AccessToken, http.MethodGet, "/v1/installations/me", nil)
+		status, body, _ := api(t, testClient, s, fresh[i].AccessToken, http.MethodGet, "/v1/installations/me", nil)
 		if status != http.StatusOK || body["resource"] != "urn:pleo:company:"+companies[i] {
 			t.Fatalf("company %d: %d %v", i, status, body)
 		}
@@ -773,7 +780,7 @@ func TestSetConsent(t *testing.T) {
 	}
 	companyOf := func(token string) string {
 		t.Helper()
-		status, m, _ := api(t, http.DefaultClient, s, token, http.MethodGet, "/v1/installations/me", nil)
+		status, m, _ := api(t, testClient, s, token, http.MethodGet, "/v1/installations/me", nil)
 		if status != http.StatusOK {
 			t.Fatalf("installations/me: %d", status)
 		}
