@@ -25,26 +25,10 @@ import (
 
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/internal/oauthtest"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/internal/testenv"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/metrics"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/proxy"
 )
-
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
 
 type env struct {
 	t       *testing.T
@@ -52,7 +36,7 @@ type env struct {
 	store   *credentials.MemoryStore
 	h       *Handler
 	srv     *httptest.Server // the connect listener
-	clock   *testClock
+	clock   *testenv.Clock
 	reg     *prometheus.Registry
 	broker  *credentials.Broker
 	proxy   *httptest.Server
@@ -70,7 +54,7 @@ var testScopes = []string{"export-jobs:read", "export-items:read"}
 
 func newEnv(t *testing.T, adjust ...func(*Options)) *env {
 	t.Helper()
-	e := &env{t: t, store: credentials.NewMemoryStore(), clock: &testClock{now: time.Now()},
+	e := &env{t: t, store: credentials.NewMemoryStore(), clock: testenv.NewClock(time.Now()),
 		reg: prometheus.NewRegistry(), logs: &bytes.Buffer{}, logMu: &sync.Mutex{}}
 	var handler http.Handler
 	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { handler.ServeHTTP(w, r) }))

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/internal/oauthtest"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/internal/testenv"
 )
 
 // These tests sit inside the package: the expiry table needs the per-company refresh jitter
@@ -31,25 +32,8 @@ const bkCompany = "5a1c0000-0000-4000-8000-000000000101"
 // broker must judge expiry on its own clock only.
 var bkEpoch = time.Date(2031, 3, 14, 9, 26, 53, 0, time.UTC)
 
-// bkClock is an injected clock that moves only when told to.
-type bkClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newBkClock() *bkClock { return &bkClock{now: bkEpoch} }
-
-func (c *bkClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *bkClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
+// newBkClock is an injected clock at bkEpoch that moves only when told to.
+func newBkClock() *testenv.Clock { return testenv.NewClock(bkEpoch) }
 
 // bkTokenServer is a small, strict refresh-token endpoint: HTTP Basic client authentication,
 // rotation (a refresh token works once; a used one is invalid_grant), expires_in 900.
@@ -114,7 +98,7 @@ func (s *bkTokenServer) seed(rt string) {
 	s.mu.Unlock()
 }
 
-func bkNewBroker(t *testing.T, store Store, tokenURL string, clock *bkClock, mutate ...func(*BrokerOptions)) *Broker {
+func bkNewBroker(t *testing.T, store Store, tokenURL string, clock *testenv.Clock, mutate ...func(*BrokerOptions)) *Broker {
 	t.Helper()
 	opts := BrokerOptions{
 		Store:         store,

@@ -8,11 +8,13 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/internal/testenv"
 )
 
 // Brokers over PGStores of their own on one database stand for replicas.
 
-func pgReplicas(t *testing.T, n int, srv *bkTokenServer, clock *bkClock, wrap func(*PGStore) Store) ([]*Broker, []*PGStore) {
+func pgReplicas(t *testing.T, n int, srv *bkTokenServer, clock *testenv.Clock, wrap func(*PGStore) Store) ([]*Broker, []*PGStore) {
 	t.Helper()
 	dsn := pgTestDB(t)
 	var brokers []*Broker
@@ -29,7 +31,7 @@ func pgReplicas(t *testing.T, n int, srv *bkTokenServer, clock *bkClock, wrap fu
 	return brokers, stores
 }
 
-func pgSeed(t *testing.T, s Store, srv *bkTokenServer, clock *bkClock, n int) []string {
+func pgSeed(t *testing.T, s Store, srv *bkTokenServer, clock *testenv.Clock, n int) []string {
 	t.Helper()
 	var ids []string
 	var creds []Credential

@@ -29,29 +29,13 @@ import (
 
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/internal/oauthtest"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/internal/testenv"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/proxy"
 )
 
 // oaEpoch starts the injected clock, far from the real time on purpose: the broker must judge
 // expiry on its own clock only (the oauthtest server checks tokens on the real one).
 var oaEpoch = time.Date(2031, 3, 14, 9, 26, 53, 0, time.UTC)
-
-type oaClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *oaClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *oaClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
 
 // oaConfig adjusts an oaEnv; every field is optional.
 type oaConfig struct {
@@ -71,13 +55,13 @@ type oaEnv struct {
 	store  credentials.Store
 	broker *credentials.Broker
 	proxy  *httptest.Server
-	clock  *oaClock
+	clock  *testenv.Clock
 	client *http.Client
 }
 
 func newOAuthEnv(t *testing.T, cfg oaConfig) *oaEnv {
 	t.Helper()
-	e := &oaEnv{t: t, srv: oauthtest.NewServer(t, oauthtest.Options{}), mem: credentials.NewMemoryStore(), clock: &oaClock{now: oaEpoch}}
+	e := &oaEnv{t: t, srv: oauthtest.NewServer(t, oauthtest.Options{}), mem: credentials.NewMemoryStore(), clock: testenv.NewClock(oaEpoch)}
 	e.store = credentials.Store(e.mem)
 	if cfg.store != nil {
 		e.store = cfg.store(e.mem)
