@@ -305,7 +305,7 @@ func (c *credCmd) discoverCompany(key credentials.Secret) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	client := &http.Client{Timeout: cfg.UpstreamTimeout, Transport: proxy.NewUpstreamTransport(cfg.UpstreamTimeout)}
+	client := &http.Client{Timeout: cfg.UpstreamTimeout, Transport: proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)}
 	id, err := connect.LookupCompany(c.ctx, client, cfg.UpstreamURL, credentials.Secret(credentials.BasicAuthorization(key.Reveal())))
 	if err != nil {
 		var le *connect.LookupError

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/lmittmann/tint"
 
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/admin"
@@ -115,6 +116,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
+	memLimit, memSource := applyMemoryLimit(cfg.MemoryLimit, memlimit.FromCgroup, log)
 	rawStore, err := credentials.Open(cfg.Store, credentials.OpenOptions{
 		PollInterval:  cfg.StorePollInterval,
 		Logger:        log,
@@ -160,7 +162,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		DefaultCompanyID: cfg.DefaultCompanyID,
 		ClientTokens:     clientTokens(cfg),
 		MaxReplayBytes:   cfg.MaxReplayBytes,
-		Transport:        proxy.NewUpstreamTransport(cfg.UpstreamTimeout),
+		Transport:        proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns),
 		Logger:           log,
 		Metrics:          m,
 	})
@@ -219,7 +221,8 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		go func() { serveErr <- connectSrv.Serve(connectLn) }()
 	}
 	log.Info("pleo-auth-proxy started", "version", version, "listen", dataLn.Addr().String(),
-		"admin", adminLn.Addr().String(), "connect", connectAddr, "upstream", cfg.UpstreamURL.String(), "store", cfg.RedactedStore(), "dev", *dev)
+		"admin", adminLn.Addr().String(), "connect", connectAddr, "upstream", cfg.UpstreamURL.String(), "store", cfg.RedactedStore(), "dev", *dev,
+		"memory_limit", memoryLimitText(memLimit), "memory_limit_from", memSource)
 	if mock != nil {
 		mock.printTry(stdout, dataLn.Addr().String(), adminLn.Addr().String(), connectAddr, cfg)
 	}
@@ -295,7 +298,7 @@ func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store
 		Upstream:     cfg.UpstreamURL,
 		Store:        store,
 		StateKeys:    cfg.EncryptionKeys,
-		HTTPClient:   &http.Client{Timeout: cfg.TokenTimeout, Transport: proxy.NewUpstreamTransport(cfg.UpstreamTimeout)},
+		HTTPClient:   &http.Client{Timeout: cfg.TokenTimeout, Transport: proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)},
 		Logger:       logger.With("listener", "connect"),
 		Metrics:      m,
 		Secrets:      secrets,

@@ -374,6 +374,16 @@ func checkStandalone(t *testing.T, docs []doc, values obj) {
 	if got := envValue(c, "PLEO_PROXY_CLIENT_TOKENS_FILE"); got != secretsDir+"/client-tokens" {
 		t.Errorf("standalone: PLEO_PROXY_CLIENT_TOKENS_FILE = %q, want %s/client-tokens", got, secretsDir)
 	}
+	// Settings given in config reach their variables; unset ones keep the sidecar's default.
+	for key, name := range map[string]string{"upstreamMaxConns": "PLEO_PROXY_UPSTREAM_MAX_CONNS", "memoryLimit": "PLEO_PROXY_MEMORY_LIMIT"} {
+		want := ""
+		if v := dig(values, "config", key); v != nil {
+			want = fmt.Sprint(v)
+		}
+		if got := envValue(c, name); got != want {
+			t.Errorf("standalone: %s = %q, want %q (config.%s)", name, got, want, key)
+		}
+	}
 	if envValue(c, "PLEO_PROXY_LISTEN_ADDR") != fmt.Sprintf("0.0.0.0:%d", dataPort) {
 		t.Errorf("standalone: PLEO_PROXY_LISTEN_ADDR = %q, want 0.0.0.0:%d", envValue(c, "PLEO_PROXY_LISTEN_ADDR"), dataPort)
 	}

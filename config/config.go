@@ -135,8 +135,13 @@ type Config struct {
 	// UpstreamTimeout bounds the wait for the upstream's response headers
 	// (PLEO_PROXY_UPSTREAM_TIMEOUT).
 	UpstreamTimeout time.Duration
+	// UpstreamMaxConns bounds the connections open to the upstream at once
+	// (PLEO_PROXY_UPSTREAM_MAX_CONNS); requests beyond it wait for one to be free.
+	UpstreamMaxConns int
 	// CacheSize is how many credentials the LRU cache holds (PLEO_PROXY_CACHE_SIZE); more than 0.
 	CacheSize int
+	// MemoryLimit is the Go runtime's soft memory limit (PLEO_PROXY_MEMORY_LIMIT).
+	MemoryLimit MemoryLimit
 	// AdminToken is the bearer token for the admin /credentials endpoint
 	// (PLEO_PROXY_ADMIN_TOKEN or _FILE); empty turns that endpoint off.
 	AdminToken credentials.Secret
@@ -186,7 +191,9 @@ type raw struct {
 	RefreshBefore         string `env:"REFRESH_BEFORE" envDefault:"60s"`
 	MaxReplayBytes        string `env:"MAX_REPLAY_BYTES" envDefault:"1048576"`
 	UpstreamTimeout       string `env:"UPSTREAM_TIMEOUT" envDefault:"30s"`
+	UpstreamMaxConns      string `env:"UPSTREAM_MAX_CONNS" envDefault:"256"`
 	CacheSize             string `env:"CACHE_SIZE" envDefault:"10000"`
+	MemoryLimit           string `env:"MEMORY_LIMIT" envDefault:"auto"`
 	AdminToken            string `env:"ADMIN_TOKEN"`
 	AdminTokenFile        string `env:"ADMIN_TOKEN_FILE"`
 	ClientTokens          string `env:"CLIENT_TOKENS"`
@@ -341,7 +348,9 @@ func Parse(environ map[string]string) (*Config, error) {
 	c.RefreshBefore = p.duration("REFRESH_BEFORE", r.RefreshBefore, true)
 	c.MaxReplayBytes = p.integer("MAX_REPLAY_BYTES", r.MaxReplayBytes, 0)
 	c.UpstreamTimeout = p.duration("UPSTREAM_TIMEOUT", r.UpstreamTimeout, false)
+	c.UpstreamMaxConns = int(p.integer("UPSTREAM_MAX_CONNS", r.UpstreamMaxConns, 1))
 	c.CacheSize = int(p.integer("CACHE_SIZE", r.CacheSize, 1))
+	c.MemoryLimit = p.memoryLimit("MEMORY_LIMIT", r.MemoryLimit)
 	c.AdminToken = credentials.Secret(p.secret("ADMIN_TOKEN"))
 	if !c.AdminToken.IsZero() && !isVisibleASCII(c.AdminToken.Reveal()) {
 		p.add("ADMIN_TOKEN", nil, "contains a space or a character that cannot appear in an HTTP header")
@@ -856,7 +865,9 @@ func (c Config) summary() []slog.Attr {
 		slog.String("refresh_before", c.RefreshBefore.String()),
 		slog.Int64("max_replay_bytes", c.MaxReplayBytes),
 		slog.String("upstream_timeout", c.UpstreamTimeout.String()),
+		slog.Int("upstream_max_conns", c.UpstreamMaxConns),
 		slog.Int("cache_size", c.CacheSize),
+		slog.String("memory_limit", c.MemoryLimit.String()),
 		slog.Bool("admin_token_set", !c.AdminToken.IsZero()),
 		slog.Int("client_tokens", len(c.ClientTokens)),
 		slog.String("log_format", c.LogFormat),

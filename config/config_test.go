@@ -78,7 +78,9 @@ func defaults(environment, upstream, auth string) *Config {
 		RefreshBefore:     60 * time.Second,
 		MaxReplayBytes:    1048576,
 		UpstreamTimeout:   30 * time.Second,
+		UpstreamMaxConns:  256,
 		CacheSize:         10000,
+		MemoryLimit:       MemoryLimit{Auto: true},
 		LogFormat:         "text",
 		LogLevel:          slog.LevelInfo,
 		TokenTimeout:      10 * time.Second,
@@ -150,7 +152,9 @@ func TestParseValues(t *testing.T) {
 		"PLEO_PROXY_REFRESH_BEFORE":      "0s",
 		"PLEO_PROXY_MAX_REPLAY_BYTES":    "0",
 		"PLEO_PROXY_UPSTREAM_TIMEOUT":    "1m",
+		"PLEO_PROXY_UPSTREAM_MAX_CONNS":  "32",
 		"PLEO_PROXY_CACHE_SIZE":          "1",
+		"PLEO_PROXY_MEMORY_LIMIT":        "56Mi",
 		"PLEO_PROXY_ADMIN_TOKEN":         "admin-token",
 		"PLEO_PROXY_CLIENT_TOKENS":       "tok-a, tok-b,tok-a,",
 		"PLEO_PROXY_LOG_FORMAT":          "JSON",
@@ -186,7 +190,9 @@ func TestParseValues(t *testing.T) {
 		RefreshBefore:     0,
 		MaxReplayBytes:    0,
 		UpstreamTimeout:   time.Minute,
+		UpstreamMaxConns:  32,
 		CacheSize:         1,
+		MemoryLimit:       MemoryLimit{Bytes: 56 << 20},
 		AdminToken:        "admin-token",
 		ClientTokens:      []credentials.Secret{"tok-a", "tok-b"},
 		LogFormat:         "json",
@@ -328,6 +334,12 @@ func TestParseProblems(t *testing.T) {
 		{"upstream timeout negative", map[string]string{"PLEO_PROXY_UPSTREAM_TIMEOUT": "-30s"}, "UPSTREAM_TIMEOUT", "more than 0"},
 		{"cache size zero", map[string]string{"PLEO_PROXY_CACHE_SIZE": "0"}, "CACHE_SIZE", "1 or more"},
 		{"cache size not a number", map[string]string{"PLEO_PROXY_CACHE_SIZE": "lots"}, "CACHE_SIZE", "not a whole number"},
+		{"upstream max conns zero", map[string]string{"PLEO_PROXY_UPSTREAM_MAX_CONNS": "0"}, "UPSTREAM_MAX_CONNS", "1 or more"},
+		{"memory limit word", map[string]string{"PLEO_PROXY_MEMORY_LIMIT": "lots"}, "MEMORY_LIMIT", "not auto, off or a size"},
+		{"memory limit decimal unit", map[string]string{"PLEO_PROXY_MEMORY_LIMIT": "64MB"}, "MEMORY_LIMIT", "not auto, off or a size"},
+		{"memory limit negative", map[string]string{"PLEO_PROXY_MEMORY_LIMIT": "-64MiB"}, "MEMORY_LIMIT", "not auto, off or a size"},
+		{"memory limit overflow", map[string]string{"PLEO_PROXY_MEMORY_LIMIT": "9999999999999GiB"}, "MEMORY_LIMIT", "not auto, off or a size"},
+		{"memory limit tiny", map[string]string{"PLEO_PROXY_MEMORY_LIMIT": "4MiB"}, "MEMORY_LIMIT", "less than 16MiB"},
 
 		{"admin token and file", map[string]string{"PLEO_PROXY_ADMIN_TOKEN": "a", "PLEO_PROXY_ADMIN_TOKEN_FILE": empty}, "ADMIN_TOKEN", "set one"},
 		{"admin token file unreadable", map[string]string{"PLEO_PROXY_ADMIN_TOKEN_FILE": unreadable}, "ADMIN_TOKEN_FILE", "cannot read"},
@@ -491,8 +503,8 @@ func TestVariables(t *testing.T) {
 			t.Errorf("Variables() lacks %s", want)
 		}
 	}
-	if len(vars) != 34 {
-		t.Errorf("Variables() has %d names, want 34", len(vars))
+	if len(vars) != 36 {
+		t.Errorf("Variables() has %d names, want 36", len(vars))
 	}
 }
 
@@ -640,5 +652,44 @@ func TestConfigNeverPrintsSecrets(t *testing.T) {
 	})
 	if err == nil || strings.Contains(err.Error(), "topsecret") {
 		t.Errorf("error quotes a secret or is nil: %v", err)
+	}
+}
+
+func TestMemoryLimit(t *testing.T) {
+	for _, tc := range []struct {
+		value string
+		want  MemoryLimit
+		str   string
+	}{
+		{"auto", MemoryLimit{Auto: true}, "auto"},
+		{"AUTO", MemoryLimit{Auto: true}, "auto"},
+		{"off", MemoryLimit{}, "off"},
+		{"56MiB", MemoryLimit{Bytes: 56 << 20}, "56MiB"},
+		{"64Mi", MemoryLimit{Bytes: 64 << 20}, "64MiB"},
+		{"1GiB", MemoryLimit{Bytes: 1 << 30}, "1GiB"},
+		{"1Gi", MemoryLimit{Bytes: 1 << 30}, "1GiB"},
+		{"20000KiB", MemoryLimit{Bytes: 20000 << 10}, "20000KiB"},
+		{"67108864", MemoryLimit{Bytes: 64 << 20}, "64MiB"},
+		{"16777217B", MemoryLimit{Bytes: 16<<20 + 1}, "16777217B"},
+	} {
+		t.Run(tc.value, func(t *testing.T) {
+			got, err := Parse(map[string]string{"PLEO_PROXY_MEMORY_LIMIT": tc.value})
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			if got.MemoryLimit != tc.want {
+				t.Errorf("MemoryLimit = %+v, want %+v", got.MemoryLimit, tc.want)
+			}
+			if s := got.MemoryLimit.String(); s != tc.str {
+				t.Errorf("String() = %q, want %q", s, tc.str)
+			}
+		})
+	}
+	got, err := Parse(map[string]string{})
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	if !got.MemoryLimit.Auto || got.UpstreamMaxConns != 256 {
+		t.Errorf("defaults: MemoryLimit %v, UpstreamMaxConns %d; want auto, 256", got.MemoryLimit, got.UpstreamMaxConns)
 	}
 }

@@ -94,7 +94,7 @@ func newEnv(t *testing.T, adjust ...func(*Options)) *env {
 	}
 	t.Cleanup(b.Close)
 	e.broker = b
-	tr := proxy.NewUpstreamTransport(10 * time.Second)
+	tr := proxy.NewUpstreamTransport(10*time.Second, proxy.DefaultMaxConns)
 	t.Cleanup(tr.CloseIdleConnections)
 	p, err := proxy.New(proxy.Options{Upstream: mustURL(t, e.as.URL()), Authorizer: b, Tenants: b, MaxReplayBytes: 1 << 20, Transport: tr})
 	if err != nil {

@@ -57,7 +57,7 @@ func BenchmarkPlainReverseProxy(b *testing.B) {
 			pr.SetURL(u)
 			pr.Out.Header.Set("Authorization", "Bearer static-token")
 		},
-		Transport: proxy.NewUpstreamTransport(0),
+		Transport: proxy.NewUpstreamTransport(0, proxy.DefaultMaxConns),
 	}
 	runBench(b, rp, nil)
 }
@@ -79,7 +79,7 @@ func BenchmarkServeHTTP(b *testing.B) {
 	}
 	b.Cleanup(broker.Close)
 	h, err := proxy.New(proxy.Options{Upstream: u, Authorizer: broker, Tenants: broker, Metrics: m,
-		Transport: proxy.NewUpstreamTransport(0), MaxReplayBytes: 1 << 20})
+		Transport: proxy.NewUpstreamTransport(0, proxy.DefaultMaxConns), MaxReplayBytes: 1 << 20})
 	if err != nil {
 		b.Fatal(err)
 	}

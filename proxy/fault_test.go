@@ -252,7 +252,7 @@ func TestFaultSlowUpstream(t *testing.T) {
 				cancelled <- struct{}{}
 			case <-time.After(30 * time.Second):
 			}
-		}, func(o *proxy.Options) { o.Transport = proxy.NewUpstreamTransport(timeout) })
+		}, func(o *proxy.Options) { o.Transport = proxy.NewUpstreamTransport(timeout, proxy.DefaultMaxConns) })
 		for _, method := range []string{http.MethodGet, http.MethodPost} {
 			req, _ := http.NewRequest(method, f.proxy.URL+"/v1/slow", strings.NewReader("x"))
 			req.Header.Set("X-Pleo-Company-Id", companyA)
@@ -294,7 +294,7 @@ func TestFaultSlowUpstream(t *testing.T) {
 					return
 				}
 			}
-		}, func(o *proxy.Options) { o.Transport = proxy.NewUpstreamTransport(timeout) })
+		}, func(o *proxy.Options) { o.Transport = proxy.NewUpstreamTransport(timeout, proxy.DefaultMaxConns) })
 		req, _ := http.NewRequest(http.MethodGet, f.proxy.URL+"/v1/stream", nil)
 		req.Header.Set("X-Pleo-Company-Id", companyA)
 		resp := do(t, req)

@@ -37,7 +37,7 @@ type Options struct {
 	ClientTokens []credentials.Secret
 	// MaxReplayBytes is the largest body buffered for the 401 retry.
 	MaxReplayBytes int64
-	// Transport reaches the upstream (default NewUpstreamTransport(30s)).
+	// Transport reaches the upstream (default NewUpstreamTransport(30s, DefaultMaxConns)).
 	Transport http.RoundTripper
 	// Logger receives one access line per request (default discard).
 	Logger *slog.Logger
@@ -77,7 +77,7 @@ func New(opts Options) (*Handler, error) {
 		opts.MaxReplayBytes = 0
 	}
 	if opts.Transport == nil {
-		opts.Transport = NewUpstreamTransport(30 * time.Second)
+		opts.Transport = NewUpstreamTransport(30*time.Second, DefaultMaxConns)
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)

@@ -93,7 +93,7 @@ func newOAuthEnv(t *testing.T, cfg oaConfig) *oaEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := proxy.NewUpstreamTransport(10 * time.Second)
+	base := proxy.NewUpstreamTransport(10*time.Second, proxy.DefaultMaxConns)
 	t.Cleanup(base.CloseIdleConnections)
 	var rt http.RoundTripper = base
 	if cfg.transport != nil {

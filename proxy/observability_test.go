@@ -166,7 +166,7 @@ func TestObservabilityEveryPath(t *testing.T) {
 		{deadURL, []credentials.Secret{credentials.Secret(clientTok)}, "Bearer wrong-" + clientTok, 407},
 	} {
 		h, err := proxy.New(proxy.Options{Upstream: c.upstream, Authorizer: e.broker, Tenants: e.broker, Metrics: m, Logger: logger,
-			ClientTokens: c.tokens, Transport: proxy.NewUpstreamTransport(200 * time.Millisecond)})
+			ClientTokens: c.tokens, Transport: proxy.NewUpstreamTransport(200*time.Millisecond, proxy.DefaultMaxConns)})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -408,7 +408,7 @@ func TestUpstreamFailures(t *testing.T) {
 		block := make(chan struct{})
 		defer close(block)
 		f := newFixture(t, func(w http.ResponseWriter, r *http.Request) { <-block }, func(o *proxy.Options) {
-			o.Transport = proxy.NewUpstreamTransport(100 * time.Millisecond)
+			o.Transport = proxy.NewUpstreamTransport(100*time.Millisecond, proxy.DefaultMaxConns)
 		})
 		req, _ := http.NewRequest("GET", f.proxy.URL+"/v1/x", nil)
 		req.Header.Set("X-Pleo-Company-Id", companyA)

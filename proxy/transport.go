@@ -24,9 +24,16 @@ type Authorizer interface {
 
 // NewUpstreamTransport returns the transport for the one upstream host: keep-alive
 // connections sized for a busy sidecar, HTTP/2 over TLS, no proxy from the environment
-// (credentials go only to the upstream), and timeout as the time allowed to the response
-// headers.
-func NewUpstreamTransport(timeout time.Duration) *http.Transport {
+// (credentials go only to the upstream), timeout as the time allowed to the response headers,
+// and at most maxConns connections open at once (0: no bound). Requests beyond maxConns wait
+// for a connection to be free: each HTTP/1.1 connection costs two goroutines and 8 KiB of
+// buffers, so the bound is what keeps a burst of concurrent requests from doubling the
+// sidecar's memory (HTTP/2 carries many requests on each connection).
+func NewUpstreamTransport(timeout time.Duration, maxConns int) *http.Transport {
+	idle := 512
+	if maxConns > 0 {
+		idle = maxConns
+	}
 	return &http.Transport{
 		Proxy: nil,
 		DialContext: (&net.Dialer{
@@ -34,14 +41,19 @@ func NewUpstreamTransport(timeout time.Duration) *http.Transport {
 			KeepAlive: 30 * time.Second,
 		}).DialContext,
 		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          512,
-		MaxIdleConnsPerHost:   512,
+		MaxConnsPerHost:       maxConns,
+		MaxIdleConns:          idle,
+		MaxIdleConnsPerHost:   idle,
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: timeout,
 		ExpectContinueTimeout: time.Second,
 	}
 }
+
+// DefaultMaxConns is PLEO_PROXY_UPSTREAM_MAX_CONNS's default, and the bound of the transport
+// New makes when Options has none.
+const DefaultMaxConns = 256
 
 // authTransport makes the attempt ReverseProxy hands it — which already carries the
 // company's credential, set in Rewrite — and, after a 401, asks for a new credential and

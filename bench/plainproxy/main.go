@@ -34,7 +34,7 @@ func main() {
 			pr.SetURL(u)
 			pr.Out.Header.Set("Authorization", "Bearer static-token")
 		},
-		Transport: proxy.NewUpstreamTransport(30 * time.Second),
+		Transport: proxy.NewUpstreamTransport(30*time.Second, proxy.DefaultMaxConns),
 	}
 	if *pooled {
 		rp.BufferPool = &bufferPool{pool: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}

@@ -208,6 +208,7 @@ same checks.
   (list "REFRESH_BEFORE" $v.config.refreshBefore)
   (list "KEEPALIVE_INTERVAL" $v.config.keepaliveInterval)
   (list "UPSTREAM_TIMEOUT" $v.config.upstreamTimeout)
+  (list "MEMORY_LIMIT" $v.config.memoryLimit)
   (list "LOG_FORMAT" $v.config.logFormat)
   (list "LOG_LEVEL" $v.config.logLevel) }}
 {{- range $vars }}
@@ -219,6 +220,10 @@ same checks.
 {{- if not (kindIs "invalid" $v.config.maxReplayBytes) }}
 - name: PLEO_PROXY_MAX_REPLAY_BYTES
   value: {{ int64 $v.config.maxReplayBytes | toString | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" $v.config.upstreamMaxConns) }}
+- name: PLEO_PROXY_UPSTREAM_MAX_CONNS
+  value: {{ int64 $v.config.upstreamMaxConns | toString | quote }}
 {{- end }}
 {{- if not (kindIs "invalid" $v.config.cacheSize) }}
 - name: PLEO_PROXY_CACHE_SIZE
