@@ -2,6 +2,7 @@ package credentials
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -9,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -76,18 +76,19 @@ type FileStore struct {
 	// crash would.
 	beforeRename func(tmpPath string) error
 
-	snap atomic.Pointer[storeSnapshot]
+	snap atomic.Pointer[packedSnapshot]
 	subs subscriberSet
 	// polls counts finished polls, so tests can wait for some to pass.
 	polls atomic.Int64
 
 	// sem serialises this process's writes and reloads (a channel so waiting honours a
 	// context). The fields below it are guarded by it.
-	sem        chan struct{}
-	seen       fileFingerprint // the file as last read, parsed or not
-	seenErr    error           // why seen did not parse, or nil
-	lastLogged string          // the last reload failure logged
-	plainNoted bool            // a plain file found while sealing was logged
+	sem           chan struct{}
+	seen          fileFingerprint // the file as last read, parsed or not
+	seenErr       error           // why seen did not parse, or nil
+	seenEncrypted bool            // seen is in the encrypted format (when it parsed)
+	lastLogged    string          // the last reload failure logged
+	plainNoted    bool            // a plain file found while sealing was logged
 
 	errMu     sync.Mutex
 	reloadErr error // the current reload failure, reported by Ping
@@ -169,32 +170,16 @@ func OpenFileStore(path string, opts FileStoreOptions) (*FileStore, error) {
 		s.logger = slog.New(slog.DiscardHandler)
 	}
 
-	data, fp, err := readFileFingerprint(path)
-	if err != nil {
+	res := readSnapshot(path, s.euid, s.sealer)
+	if err := cmp.Or(res.ioErr, res.decodeErr); err != nil {
 		return nil, fmt.Errorf("credentials: file store %s: %w", path, err)
 	}
-	creds, encrypted, err := s.decodeFile(data, fp)
-	if err != nil {
-		return nil, fmt.Errorf("credentials: file store %s: %w", path, err)
-	}
-	s.notePlainLocked(fp, encrypted)
-	s.seen = fp
-	s.snap.Store(newStoreSnapshot(credentialMap(creds)))
+	s.notePlainLocked(res.fp, res.encrypted)
+	s.seen, s.seenEncrypted = res.fp, res.encrypted
+	s.snap.Store(res.snap)
 	s.removeStaleTemps()
 	go s.poll()
 	return s, nil
-}
-
-// decodeFile checks the mode of the file fp describes and decodes data read from it, in
-// either format; encrypted reports which. A missing file holds no credentials.
-func (s *FileStore) decodeFile(data []byte, fp fileFingerprint) (creds []Credential, encrypted bool, err error) {
-	if !fp.exists {
-		return nil, false, nil
-	}
-	if err := checkFileMode(s.path, fp.mode, fp.uid, s.euid, kubeletProjected(s.path)); err != nil {
-		return nil, false, err
-	}
-	return parseFile(data, s.sealer)
 }
 
 // notePlainLocked logs, once until the file is next found encrypted, that a plain file was
@@ -211,6 +196,7 @@ func (s *FileStore) notePlainLocked(fp fileFingerprint, encrypted bool) {
 	}
 }
 
+// credentialMap returns creds by company id, normalised as every store keeps them.
 func credentialMap(creds []Credential) map[string]Credential {
 	m := make(map[string]Credential, len(creds))
 	for _, c := range creds {
@@ -218,33 +204,6 @@ func credentialMap(creds []Credential) map[string]Credential {
 		m[c.CompanyID] = c
 	}
 	return m
-}
-
-// readFileFingerprint reads path (following links) and fingerprints what it read. A missing
-// file is not an error: it returns a fingerprint with exists false.
-func readFileFingerprint(path string) ([]byte, fileFingerprint, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fileFingerprint{}, nil
-	}
-	if err != nil {
-		return nil, fileFingerprint{}, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fileFingerprint{}, err
-	}
-	// Read in one buffer of the file's size (io.ReadAll would grow one by doubling, allocating
-	// twice a large file's size); a file that grew since Stat is still read whole.
-	buf := bytes.NewBuffer(make([]byte, 0, int(min(max(fi.Size(), 0), 1<<30))+512))
-	if _, err := buf.ReadFrom(f); err != nil {
-		return nil, fileFingerprint{}, err
-	}
-	data := buf.Bytes()
-	fp := fingerprintOf(fi)
-	fp.sum = sha256.Sum256(data)
-	return data, fp, nil
 }
 
 // Get returns the company's credential from the in-memory snapshot, or ErrNotFound.
@@ -262,6 +221,19 @@ func (s *FileStore) List(ctx context.Context) ([]Credential, error) {
 	return s.snap.Load().list(), nil
 }
 
+// Scan calls fn with every credential, ordered by company id, until fn returns false. It
+// reads one snapshot and allocates nothing per credential (List copies them all).
+func (s *FileStore) Scan(ctx context.Context, fn func(Credential) bool) error {
+	for _, p := range s.snap.Load().recs {
+		if !fn(mustUnpack(p)) {
+			return nil
+		}
+	}
+	return nil
+}
+
+var _ Scanner = (*FileStore)(nil)
+
 // PutAll validates every credential, then, under the file lock and against the file as it is
 // on disk, adds or replaces them all (with replaceAll, removing every other company) in one
 // atomic write, or writes nothing.
@@ -270,8 +242,8 @@ func (s *FileStore) PutAll(ctx context.Context, creds []Credential, replaceAll b
 	if err != nil {
 		return err
 	}
-	return s.write(ctx, func(m map[string]Credential) error {
-		return mergeBatch(m, batch, replaceAll)
+	return s.write(ctx, func(w *fileChanges) error {
+		return w.mergeBatch(batch, replaceAll)
 	})
 }
 
@@ -284,9 +256,9 @@ func (s *FileStore) Update(ctx context.Context, c Credential) (Credential, error
 		return Credential{}, err
 	}
 	var updated Credential
-	err = s.write(ctx, func(m map[string]Credential) error {
+	err = s.write(ctx, func(w *fileChanges) error {
 		var err error
-		updated, err = applyUpdate(m, c)
+		updated, err = w.applyUpdate(c)
 		return err
 	})
 	if err != nil {
@@ -297,8 +269,8 @@ func (s *FileStore) Update(ctx context.Context, c Credential) (Credential, error
 
 // Delete removes the company's credential from the file, or returns ErrNotFound.
 func (s *FileStore) Delete(ctx context.Context, companyID string) error {
-	return s.write(ctx, func(m map[string]Credential) error {
-		return applyDelete(m, companyID)
+	return s.write(ctx, func(w *fileChanges) error {
+		return w.applyDelete(companyID)
 	})
 }
 
@@ -337,8 +309,8 @@ func (s *FileStore) Close() error {
 
 func (s *FileStore) release() { <-s.sem }
 
-// write runs mutate, in place on a private copy of the credentials as they are on disk, under
-// s.sem and the file lock, and writes the result. Subscribers hear of every company that differs from the snapshot
+// write runs mutate on the changes to the credentials as they are on disk, under s.sem and
+// the file lock, and writes the result. Subscribers hear of every company that differs from the snapshot
 // held before, whoever changed it.
 //
 // Writes are group-committed: a caller queues its mutation, and whichever caller takes s.sem
@@ -347,7 +319,7 @@ func (s *FileStore) release() { <-s.sem }
 // updates stay exact); one that fails is left out and fails alone. In a refresh storm this
 // turns N file rewrites and 2N fsyncs, one after another inside every token's crash window,
 // into a few.
-func (s *FileStore) write(ctx context.Context, mutate func(m map[string]Credential) error) error {
+func (s *FileStore) write(ctx context.Context, mutate func(w *fileChanges) error) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("credentials: file store %s: %w", s.path, err)
 	}
@@ -374,7 +346,7 @@ func (s *FileStore) write(ctx context.Context, mutate func(m map[string]Credenti
 
 // writeRequest is one queued mutation of write, and its outcome once done is closed.
 type writeRequest struct {
-	mutate func(m map[string]Credential) error // in place; m untouched when it fails
+	mutate func(w *fileChanges) error // w untouched when it fails
 	err    error
 	done   chan struct{}
 }
@@ -411,20 +383,19 @@ func (s *FileStore) commitQueued(ctx context.Context, self *writeRequest) {
 	}
 	old := s.snap.Load()
 	ran, applied := false, 0
-	err := s.writeLocked(ctx, func(cur map[string]Credential) (map[string]Credential, error) {
+	err := s.writeLocked(ctx, func(w *fileChanges) error {
 		ran = true
-		m := maps.Clone(cur) // cur may be the published snapshot: one private copy per batch
 		for _, r := range batch {
-			if err := r.mutate(m); err != nil {
+			if err := r.mutate(w); err != nil {
 				r.err = err
 				continue
 			}
 			applied++
 		}
 		if applied == 0 {
-			return nil, errNothingToWrite
+			return errNothingToWrite
 		}
-		return m, nil
+		return nil
 	})
 	var finished, requeue []*writeRequest
 	if err != nil && !ran && ctx.Err() != nil {
@@ -449,7 +420,7 @@ func (s *FileStore) commitQueued(ctx context.Context, self *writeRequest) {
 		s.queue = append(requeue, s.queue...)
 		s.queueMu.Unlock()
 	}
-	changed := diffCompanies(old.byCompany, s.snap.Load().byCompany)
+	changed := diffPacked(old, s.snap.Load())
 	s.release()
 	for _, r := range finished {
 		close(r.done)
@@ -457,7 +428,7 @@ func (s *FileStore) commitQueued(ctx context.Context, self *writeRequest) {
 	s.subs.notify(changed)
 }
 
-func (s *FileStore) writeLocked(ctx context.Context, mutate func(map[string]Credential) (map[string]Credential, error)) error {
+func (s *FileStore) writeLocked(ctx context.Context, mutate func(*fileChanges) error) error {
 	if err := os.MkdirAll(filepath.Dir(s.path), 0o700); err != nil {
 		return fmt.Errorf("credentials: file store %s: %w", s.path, err)
 	}
@@ -467,48 +438,40 @@ func (s *FileStore) writeLocked(ctx context.Context, mutate func(map[string]Cred
 	}
 	defer unlock()
 
-	data, fp, err := readFileFingerprint(s.path)
+	cur, fp, encrypted, err := s.readForWriteLocked()
 	if err != nil {
-		return fmt.Errorf("credentials: file store %s: %w", s.path, err)
+		return err
 	}
-	creds, encrypted, err := s.decodeFile(data, fp)
-	if err != nil {
-		return fmt.Errorf("credentials: file store %s: not writing over a file that cannot be read: %w", s.path, err)
-	}
-	var cur map[string]Credential
 	if !fp.exists && (s.seen.exists || s.seenErr == errFileRemoved) {
 		// The file this store served was removed while it ran. Polling keeps serving the last
 		// good credentials (a removal is more likely a mistake than a way to revoke them all);
 		// so does a write, which recreates the file from them. Starting from an empty file
 		// instead would drop every other credential, and turn a rotated refresh token's commit
 		// into ErrNotFound — the token lost, the company forced to reconnect.
-		cur = s.snap.Load().byCompany // immutable: mutate works on a copy
+		cur = s.snap.Load()
 		s.logger.Warn("the credentials file was removed; recreating it from the last good credentials",
-			"path", s.path, "credentials", len(cur))
+			"path", s.path, "credentials", cur.len())
 	} else {
-		cur = credentialMap(creds)
 		// Install the file as found first: even when mutate fails (a lost compare-and-swap),
 		// readers then see the current versions.
-		s.installLocked(cur, fp)
+		s.installLocked(cur, fp, encrypted)
 	}
 
-	next, err := mutate(cur)
-	if err != nil {
+	w := newFileChanges(cur)
+	if err := mutate(w); err != nil {
 		return err
 	}
-	list := make([]Credential, 0, len(next))
-	for _, c := range next {
-		list = append(list, c)
-	}
-	out, err := marshalFile(list, s.sealer)
+	next, err := w.build()
 	if err != nil {
 		return fmt.Errorf("credentials: file store %s: %w", s.path, err)
 	}
-	newFP, renamed, err := s.writeAtomic(out)
+	newFP, renamed, err := s.writeAtomic(func(out io.Writer) error {
+		return writeSnapshot(out, next, s.sealer)
+	})
 	if renamed {
 		// The new file is in place (if perhaps not yet durable, when err is set): it is what
 		// others read now, so this process serves it too.
-		s.installLocked(next, newFP)
+		s.installLocked(next, newFP, s.sealer != nil)
 		if s.sealer != nil && fp.exists && !encrypted {
 			s.logger.Info("encrypted the credentials file", "path", s.path, "key_id", s.sealer.KeyID())
 		}
@@ -520,18 +483,44 @@ func (s *FileStore) writeLocked(ctx context.Context, mutate func(map[string]Cred
 	return nil
 }
 
-// installLocked makes m, just read from or written to the file fp, the snapshot, and clears
-// any reload failure. s.sem is held.
-func (s *FileStore) installLocked(m map[string]Credential, fp fileFingerprint) {
-	s.snap.Store(newStoreSnapshot(m))
-	s.seen, s.seenErr = fp, nil
+// readForWriteLocked reads the file for a write, under the file lock: the snapshot served,
+// when the file is still the one it was read from (a hash of the file, not a parse of it);
+// else the file decoded afresh. A file that cannot be read or parsed fails the write.
+func (s *FileStore) readForWriteLocked() (*packedSnapshot, fileFingerprint, bool, error) {
+	if s.seen.exists && s.seenErr == nil {
+		fp, err := hashFile(s.path)
+		if err != nil {
+			return nil, fp, false, fmt.Errorf("credentials: file store %s: %w", s.path, err)
+		}
+		if fp.exists && fp.sum == s.seen.sum && fp.sameOwnerAndMode(s.seen) {
+			if err := checkFileMode(s.path, fp.mode, fp.uid, s.euid, kubeletProjected(s.path)); err != nil {
+				return nil, fp, false, fmt.Errorf("credentials: file store %s: not writing over a file that cannot be read: %w", s.path, err)
+			}
+			return s.snap.Load(), fp, s.seenEncrypted, nil
+		}
+	}
+	res := readSnapshot(s.path, s.euid, s.sealer)
+	if res.ioErr != nil {
+		return nil, res.fp, false, fmt.Errorf("credentials: file store %s: %w", s.path, res.ioErr)
+	}
+	if res.decodeErr != nil {
+		return nil, res.fp, false, fmt.Errorf("credentials: file store %s: not writing over a file that cannot be read: %w", s.path, res.decodeErr)
+	}
+	return res.snap, res.fp, res.encrypted, nil
+}
+
+// installLocked makes snap, just read from or written to the file fp, the snapshot, and
+// clears any reload failure. s.sem is held.
+func (s *FileStore) installLocked(snap *packedSnapshot, fp fileFingerprint, encrypted bool) {
+	s.snap.Store(snap)
+	s.seen, s.seenErr, s.seenEncrypted = fp, nil, encrypted
 	s.setReloadErrorLocked(nil)
 }
 
-// writeAtomic writes data to a new temporary file next to s.path (created with O_EXCL, mode
-// 0600), syncs it, renames it over s.path and syncs the directory. It returns the written
+// writeAtomic writes, with write, a new temporary file next to s.path (created with O_EXCL,
+// mode 0600), syncs it, renames it over s.path and syncs the directory. It returns the written
 // file's fingerprint and whether the rename happened.
-func (s *FileStore) writeAtomic(data []byte) (fp fileFingerprint, renamed bool, err error) {
+func (s *FileStore) writeAtomic(write func(io.Writer) error) (fp fileFingerprint, renamed bool, err error) {
 	dir := filepath.Dir(s.path)
 	f, err := os.CreateTemp(dir, s.tempPrefix()) // O_RDWR|O_CREATE|O_EXCL, mode 0600
 	if err != nil {
@@ -550,7 +539,8 @@ func (s *FileStore) writeAtomic(data []byte) (fp fileFingerprint, renamed bool, 
 	if err := f.Chmod(0o600); err != nil {
 		return fp, false, err
 	}
-	if _, err := f.Write(data); err != nil {
+	h := sha256.New()
+	if err := write(io.MultiWriter(f, h)); err != nil {
 		return fp, false, err
 	}
 	if err := f.Sync(); err != nil {
@@ -561,7 +551,7 @@ func (s *FileStore) writeAtomic(data []byte) (fp fileFingerprint, renamed bool, 
 		return fp, false, err
 	}
 	fp = fingerprintOf(fi)
-	fp.sum = sha256.Sum256(data)
+	h.Sum(fp.sum[:0])
 	closed = true
 	if err := f.Close(); err != nil {
 		return fp, false, err
@@ -712,10 +702,10 @@ func (s *FileStore) reloadLocked(force bool) []string {
 		s.setReloadErrorLocked(s.seenErr) // clears a passing I/O failure
 		return nil
 	}
-	var data []byte
 	if fp.exists {
-		data, fp, err = readFileFingerprint(s.path)
-		if err != nil {
+		// Hash the file first: a parse is what costs, and a rewrite of the same content
+		// (or a force on an unchanged file) needs none.
+		if fp, err = hashFile(s.path); err != nil {
 			s.reloadFailedLocked(err)
 			return nil
 		}
@@ -736,17 +726,22 @@ func (s *FileStore) reloadLocked(force bool) []string {
 		s.setReloadErrorLocked(s.seenErr)
 		return nil
 	}
-	s.seen = fp
-	creds, encrypted, err := s.decodeFile(data, fp)
-	if err != nil {
-		s.seenErr = err
-		s.reloadFailedLocked(err)
+	res := readSnapshot(s.path, s.euid, s.sealer)
+	switch {
+	case res.ioErr != nil:
+		s.reloadFailedLocked(res.ioErr)
+		return nil
+	case !res.fp.exists:
+		return s.reloadLocked(false) // removed since it was hashed
+	case res.decodeErr != nil:
+		s.seen, s.seenErr = res.fp, res.decodeErr
+		s.reloadFailedLocked(res.decodeErr)
 		return nil
 	}
-	s.notePlainLocked(fp, encrypted)
+	s.notePlainLocked(res.fp, res.encrypted)
 	old := s.snap.Load()
-	s.installLocked(credentialMap(creds), fp)
-	changed := diffCompanies(old.byCompany, s.snap.Load().byCompany)
+	s.installLocked(res.snap, res.fp, res.encrypted)
+	changed := diffPacked(old, res.snap)
 	if len(changed) > 0 {
 		s.logger.Info("reloaded the credentials file", "path", s.path, "changed", len(changed))
 	}
@@ -793,8 +788,8 @@ func (s *FileStore) RotateKey(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("credentials: file store %s: rotate key: no encryption key is configured", s.path)
 	}
 	n := 0
-	err := s.write(ctx, func(m map[string]Credential) error {
-		n = len(m)
+	err := s.write(ctx, func(w *fileChanges) error {
+		n = w.count()
 		return nil
 	})
 	if err != nil {

@@ -1,0 +1,218 @@
+package credentials
+
+import (
+	"fmt"
+	"slices"
+)
+
+// fileChanges is what a file store write does to the credentials it read: the snapshot as
+// read, and the credentials it adds, replaces or removes. A write costs the changes, not a
+// copy of every credential; building the result reuses every unchanged packed record.
+//
+// The operations mirror the memory store's (mergeBatch, applyUpdate, applyDelete) with the
+// same results and errors; each either succeeds or leaves the changes as they were.
+type fileChanges struct {
+	base    *packedSnapshot
+	cleared bool                   // nothing of base is kept (PutAll with replaceAll)
+	changed map[string]*Credential // canonical company id -> its new credential; nil: removed
+	tenants map[string]string      // tenant id -> company id, of the credentials in changed
+}
+
+func newFileChanges(base *packedSnapshot) *fileChanges {
+	return &fileChanges{base: base, changed: make(map[string]*Credential), tenants: make(map[string]string)}
+}
+
+// lookup returns the company's current credential.
+func (w *fileChanges) lookup(companyID string) (Credential, bool) {
+	if c, ok := w.changed[companyID]; ok {
+		if c == nil {
+			return Credential{}, false
+		}
+		return *c, true
+	}
+	if w.cleared {
+		return Credential{}, false
+	}
+	i, ok := w.base.find(companyID)
+	if !ok {
+		return Credential{}, false
+	}
+	return mustUnpack(w.base.recs[i]), true
+}
+
+// tenantHolder returns the company whose current credential has the tenant id.
+func (w *fileChanges) tenantHolder(tenantID string) (string, bool) {
+	if id, ok := w.tenants[tenantID]; ok {
+		return id, true
+	}
+	if w.cleared {
+		return "", false
+	}
+	i, ok := w.base.findTenant(tenantID)
+	if !ok {
+		return "", false
+	}
+	id := packedCompanyID(w.base.recs[i])
+	if _, changed := w.changed[id]; changed {
+		return "", false // its current credential is in changed, with another tenant
+	}
+	return id, true
+}
+
+func (w *fileChanges) forget(companyID string) {
+	if prev, ok := w.lookup(companyID); ok && prev.TenantID != "" && w.tenants[prev.TenantID] == companyID {
+		delete(w.tenants, prev.TenantID)
+	}
+}
+
+func (w *fileChanges) put(c Credential) {
+	w.forget(c.CompanyID)
+	w.changed[c.CompanyID] = &c
+	if c.TenantID != "" {
+		w.tenants[c.TenantID] = c.CompanyID
+	}
+}
+
+func (w *fileChanges) remove(companyID string) {
+	w.forget(companyID)
+	w.changed[companyID] = nil
+}
+
+func (w *fileChanges) clear() {
+	w.cleared = true
+	clear(w.changed)
+	clear(w.tenants)
+}
+
+// count returns how many credentials there are now.
+func (w *fileChanges) count() int {
+	n := 0
+	if !w.cleared {
+		n = w.base.len()
+	}
+	for id, c := range w.changed {
+		_, inBase := w.base.find(id)
+		inBase = inBase && !w.cleared
+		switch {
+		case c == nil && inBase:
+			n--
+		case c != nil && !inBase:
+			n++
+		}
+	}
+	return n
+}
+
+// mergeBatch is mergeBatch of the memory store: batch comes from prepareBatch.
+func (w *fileChanges) mergeBatch(batch []Credential, replaceAll bool) error {
+	if !replaceAll {
+		// The batch has no tenant twice (prepareBatch); it must not take one that a record it
+		// leaves in place holds.
+		inBatch := make(map[string]bool, len(batch))
+		for _, c := range batch {
+			inBatch[c.CompanyID] = true
+		}
+		for i, c := range batch {
+			if c.TenantID == "" {
+				continue
+			}
+			if other, taken := w.tenantHolder(c.TenantID); taken && !inBatch[other] {
+				return &RecordError{Index: i, CompanyID: c.CompanyID,
+					Err: fmt.Errorf("tenant_id is already used by company %s", other)}
+			}
+		}
+	}
+	written := make([]Credential, len(batch))
+	for i, c := range batch {
+		stored, _ := w.lookup(c.CompanyID)
+		c.Version = stored.Version + 1
+		written[i] = c
+	}
+	if replaceAll {
+		w.clear()
+	}
+	for _, c := range written {
+		w.put(c)
+	}
+	return nil
+}
+
+// applyUpdate is the compare-and-swap of Update; c comes from prepareOne.
+func (w *fileChanges) applyUpdate(c Credential) (Credential, error) {
+	stored, ok := w.lookup(c.CompanyID)
+	if !ok {
+		return Credential{}, fmt.Errorf("%w: company %s", ErrNotFound, c.CompanyID)
+	}
+	if stored.Version != c.Version {
+		return Credential{}, fmt.Errorf("%w: company %s is at version %d, not %d", ErrConflict, c.CompanyID, stored.Version, c.Version)
+	}
+	if c.TenantID != "" && c.TenantID != stored.TenantID {
+		if other, taken := w.tenantHolder(c.TenantID); taken && other != c.CompanyID {
+			return Credential{}, &FieldError{Field: "tenant_id", Reason: "is already used by company " + other}
+		}
+	}
+	c.Version = stored.Version + 1
+	w.put(c)
+	return c, nil
+}
+
+// applyDelete removes the company's credential, or returns ErrNotFound.
+func (w *fileChanges) applyDelete(companyID string) error {
+	companyID = CanonicalCompanyID(companyID)
+	if _, ok := w.lookup(companyID); !ok {
+		return fmt.Errorf("%w: company %s", ErrNotFound, companyID)
+	}
+	w.remove(companyID)
+	return nil
+}
+
+// build returns the snapshot the changes make: base itself when nothing changed, else a new
+// one sharing base's unchanged packed records (and its tenant index when no record was added
+// or removed and no tenant changed).
+func (w *fileChanges) build() (*packedSnapshot, error) {
+	if len(w.changed) == 0 && !w.cleared {
+		return w.base, nil
+	}
+	ids := make([]string, 0, len(w.changed))
+	sameIndex := !w.cleared
+	for id, c := range w.changed {
+		ids = append(ids, id)
+		if sameIndex {
+			i, ok := w.base.find(id)
+			sameIndex = ok && c != nil && packedTenantID(w.base.recs[i]) == c.TenantID
+		}
+	}
+	slices.Sort(ids)
+	var recs []string
+	if w.cleared {
+		recs = make([]string, 0, len(ids))
+	} else {
+		recs = make([]string, 0, w.base.len()+len(ids))
+	}
+	var p packer
+	base := w.base.recs
+	if w.cleared {
+		base = nil
+	}
+	for _, id := range ids {
+		for len(base) > 0 && packedCompanyID(base[0]) < id {
+			recs = append(recs, base[0])
+			base = base[1:]
+		}
+		if len(base) > 0 && packedCompanyID(base[0]) == id {
+			base = base[1:] // replaced or removed
+		}
+		if c := w.changed[id]; c != nil {
+			s, err := p.pack(*c)
+			if err != nil {
+				return nil, err
+			}
+			recs = append(recs, s)
+		}
+	}
+	recs = append(recs, base...)
+	if sameIndex {
+		return &packedSnapshot{recs: recs, byTenant: w.base.byTenant}, nil
+	}
+	return newPackedSnapshot(slices.Clip(recs)), nil
+}
