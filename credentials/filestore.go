@@ -176,7 +176,7 @@ func OpenFileStore(path string, opts FileStoreOptions) (*FileStore, error) {
 	}
 	s.notePlainLocked(res.fp, res.encrypted)
 	s.seen, s.seenEncrypted = res.fp, res.encrypted
-	s.snap.Store(res.snap)
+	s.installLocked(res.snap, res.fp, res.encrypted)
 	s.removeStaleTemps()
 	go s.poll()
 	return s, nil
@@ -208,28 +208,46 @@ func credentialMap(creds []Credential) map[string]Credential {
 
 // Get returns the company's credential from the in-memory snapshot, or ErrNotFound.
 func (s *FileStore) Get(ctx context.Context, companyID string) (Credential, error) {
-	return s.snap.Load().get(companyID)
+	p := s.acquire()
+	defer p.release()
+	return p.get(companyID)
 }
 
 // GetByTenant returns the credential whose TenantID is tenantID, or ErrNotFound.
 func (s *FileStore) GetByTenant(ctx context.Context, tenantID string) (Credential, error) {
-	return s.snap.Load().getByTenant(tenantID)
+	p := s.acquire()
+	defer p.release()
+	return p.getByTenant(tenantID)
 }
 
 // List returns every credential, ordered by company id.
 func (s *FileStore) List(ctx context.Context) ([]Credential, error) {
-	return s.snap.Load().list(), nil
+	p := s.acquire()
+	defer p.release()
+	return p.list(), nil
 }
 
 // Scan calls fn with every credential, ordered by company id, until fn returns false. It
 // reads one snapshot and allocates nothing per credential (List copies them all).
 func (s *FileStore) Scan(ctx context.Context, fn func(Credential) bool) error {
-	for _, p := range s.snap.Load().recs {
-		if !fn(mustUnpack(p)) {
+	p := s.acquire()
+	defer p.release()
+	for i := range p.len() {
+		if !fn(p.credential(i)) {
 			return nil
 		}
 	}
 	return nil
+}
+
+// acquire returns the current snapshot, with a reference the caller releases.
+func (s *FileStore) acquire() *packedSnapshot {
+	for {
+		if p := s.snap.Load(); p.tryAcquire() {
+			return p
+		}
+		// Replaced and freed between the load and the acquire: the next load is newer.
+	}
 }
 
 var _ Scanner = (*FileStore)(nil)
@@ -381,9 +399,8 @@ func (s *FileStore) commitQueued(ctx context.Context, self *writeRequest) {
 		s.release()
 		return
 	}
-	old := s.snap.Load()
 	ran, applied := false, 0
-	err := s.writeLocked(ctx, func(w *fileChanges) error {
+	changed, err := s.writeLocked(ctx, func(w *fileChanges) error {
 		ran = true
 		for _, r := range batch {
 			if err := r.mutate(w); err != nil {
@@ -420,7 +437,6 @@ func (s *FileStore) commitQueued(ctx context.Context, self *writeRequest) {
 		s.queue = append(requeue, s.queue...)
 		s.queueMu.Unlock()
 	}
-	changed := diffPacked(old, s.snap.Load())
 	s.release()
 	for _, r := range finished {
 		close(r.done)
@@ -428,19 +444,23 @@ func (s *FileStore) commitQueued(ctx context.Context, self *writeRequest) {
 	s.subs.notify(changed)
 }
 
-func (s *FileStore) writeLocked(ctx context.Context, mutate func(*fileChanges) error) error {
+// writeLocked runs under s.sem: it takes the file lock, reads the file (or reuses the snapshot
+// when the file is unchanged), runs mutate on the changes to it, and writes the result. It
+// returns the companies that changed in the snapshot, whether by the write or because the
+// file had changed.
+func (s *FileStore) writeLocked(ctx context.Context, mutate func(*fileChanges) error) (changed []string, err error) {
 	if err := os.MkdirAll(filepath.Dir(s.path), 0o700); err != nil {
-		return fmt.Errorf("credentials: file store %s: %w", s.path, err)
+		return nil, fmt.Errorf("credentials: file store %s: %w", s.path, err)
 	}
 	unlock, err := lockFile(ctx, s.lockPath)
 	if err != nil {
-		return fmt.Errorf("credentials: file store %s: lock %s: %w", s.path, s.lockPath, err)
+		return nil, fmt.Errorf("credentials: file store %s: lock %s: %w", s.path, s.lockPath, err)
 	}
 	defer unlock()
 
 	cur, fp, encrypted, err := s.readForWriteLocked()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !fp.exists && (s.seen.exists || s.seenErr == errFileRemoved) {
 		// The file this store served was removed while it ran. Polling keeps serving the last
@@ -448,22 +468,24 @@ func (s *FileStore) writeLocked(ctx context.Context, mutate func(*fileChanges) e
 		// so does a write, which recreates the file from them. Starting from an empty file
 		// instead would drop every other credential, and turn a rotated refresh token's commit
 		// into ErrNotFound — the token lost, the company forced to reconnect.
+		cur.release()
 		cur = s.snap.Load()
 		s.logger.Warn("the credentials file was removed; recreating it from the last good credentials",
 			"path", s.path, "credentials", cur.len())
 	} else {
 		// Install the file as found first: even when mutate fails (a lost compare-and-swap),
 		// readers then see the current versions.
-		s.installLocked(cur, fp, encrypted)
+		changed = s.installLocked(cur, fp, encrypted)
 	}
+	// cur is the installed snapshot now, which only this goroutine (holding s.sem) can replace.
 
 	w := newFileChanges(cur)
 	if err := mutate(w); err != nil {
-		return err
+		return changed, err
 	}
 	next, err := w.build()
 	if err != nil {
-		return fmt.Errorf("credentials: file store %s: %w", s.path, err)
+		return changed, fmt.Errorf("credentials: file store %s: %w", s.path, err)
 	}
 	newFP, renamed, err := s.writeAtomic(func(out io.Writer) error {
 		return writeSnapshot(out, next, s.sealer)
@@ -471,21 +493,26 @@ func (s *FileStore) writeLocked(ctx context.Context, mutate func(*fileChanges) e
 	if renamed {
 		// The new file is in place (if perhaps not yet durable, when err is set): it is what
 		// others read now, so this process serves it too.
-		s.installLocked(next, newFP, s.sealer != nil)
+		changed = append(changed, s.installLocked(next, newFP, s.sealer != nil)...)
+		slices.Sort(changed)
+		changed = slices.Compact(changed)
 		if s.sealer != nil && fp.exists && !encrypted {
 			s.logger.Info("encrypted the credentials file", "path", s.path, "key_id", s.sealer.KeyID())
 		}
 		s.notePlainLocked(newFP, s.sealer != nil)
+	} else if next != cur {
+		next.release()
 	}
 	if err != nil {
-		return fmt.Errorf("credentials: file store %s: write: %w", s.path, err)
+		return changed, fmt.Errorf("credentials: file store %s: write: %w", s.path, err)
 	}
-	return nil
+	return changed, nil
 }
 
 // readForWriteLocked reads the file for a write, under the file lock: the snapshot served,
 // when the file is still the one it was read from (a hash of the file, not a parse of it);
-// else the file decoded afresh. A file that cannot be read or parsed fails the write.
+// else the file decoded afresh, a new snapshot the caller installs or releases. A file that
+// cannot be read or parsed fails the write.
 func (s *FileStore) readForWriteLocked() (*packedSnapshot, fileFingerprint, bool, error) {
 	if s.seen.exists && s.seenErr == nil {
 		fp, err := hashFile(s.path)
@@ -509,12 +536,18 @@ func (s *FileStore) readForWriteLocked() (*packedSnapshot, fileFingerprint, bool
 	return res.snap, res.fp, res.encrypted, nil
 }
 
-// installLocked makes snap, just read from or written to the file fp, the snapshot, and
-// clears any reload failure. s.sem is held.
-func (s *FileStore) installLocked(snap *packedSnapshot, fp fileFingerprint, encrypted bool) {
-	s.snap.Store(snap)
+// installLocked makes snap, just read from or written to the file fp, the snapshot (taking
+// over the caller's reference), clears any reload failure, and returns the companies that
+// differ from the snapshot it replaced. s.sem is held (or the store is not shared yet).
+func (s *FileStore) installLocked(snap *packedSnapshot, fp fileFingerprint, encrypted bool) []string {
+	var changed []string
+	if old := s.snap.Swap(snap); old != nil && old != snap {
+		changed = diffPacked(old, snap)
+		old.release()
+	}
 	s.seen, s.seenErr, s.seenEncrypted = fp, nil, encrypted
 	s.setReloadErrorLocked(nil)
+	return changed
 }
 
 // writeAtomic writes, with write, a new temporary file next to s.path (created with O_EXCL,
@@ -732,6 +765,7 @@ func (s *FileStore) reloadLocked(force bool) []string {
 		s.reloadFailedLocked(res.ioErr)
 		return nil
 	case !res.fp.exists:
+		res.snap.release()
 		return s.reloadLocked(false) // removed since it was hashed
 	case res.decodeErr != nil:
 		s.seen, s.seenErr = res.fp, res.decodeErr
@@ -739,9 +773,7 @@ func (s *FileStore) reloadLocked(force bool) []string {
 		return nil
 	}
 	s.notePlainLocked(res.fp, res.encrypted)
-	old := s.snap.Load()
-	s.installLocked(res.snap, res.fp, res.encrypted)
-	changed := diffPacked(old, res.snap)
+	changed := s.installLocked(res.snap, res.fp, res.encrypted)
 	if len(changed) > 0 {
 		s.logger.Info("reloaded the credentials file", "path", s.path, "changed", len(changed))
 	}

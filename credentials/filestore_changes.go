@@ -37,7 +37,7 @@ func (w *fileChanges) lookup(companyID string) (Credential, bool) {
 	if !ok {
 		return Credential{}, false
 	}
-	return mustUnpack(w.base.recs[i]), true
+	return w.base.credential(i), true
 }
 
 // tenantHolder returns the company whose current credential has the tenant id.
@@ -52,7 +52,7 @@ func (w *fileChanges) tenantHolder(tenantID string) (string, bool) {
 	if !ok {
 		return "", false
 	}
-	id := packedCompanyID(w.base.recs[i])
+	id := w.base.companyID(i)
 	if _, changed := w.changed[id]; changed {
 		return "", false // its current credential is in changed, with another tenant
 	}
@@ -167,52 +167,64 @@ func (w *fileChanges) applyDelete(companyID string) error {
 }
 
 // build returns the snapshot the changes make: base itself when nothing changed, else a new
-// one sharing base's unchanged packed records (and its tenant index when no record was added
-// or removed and no tenant changed).
+// one holding base's unchanged records and the changed ones (and base's tenant index when no
+// record was added or removed and no tenant changed).
 func (w *fileChanges) build() (*packedSnapshot, error) {
 	if len(w.changed) == 0 && !w.cleared {
 		return w.base, nil
 	}
 	ids := make([]string, 0, len(w.changed))
 	sameIndex := !w.cleared
+	size := 0
+	if !w.cleared && w.base.mem != nil {
+		size = w.base.mem.n
+	}
 	for id, c := range w.changed {
 		ids = append(ids, id)
+		if c != nil {
+			size += packedSize(*c)
+		}
 		if sameIndex {
 			i, ok := w.base.find(id)
-			sameIndex = ok && c != nil && packedTenantID(w.base.recs[i]) == c.TenantID
+			sameIndex = ok && c != nil && packedTenantID(w.base.view(i)) == c.TenantID
 		}
 	}
-	slices.Sort(ids)
-	var recs []string
-	if w.cleared {
-		recs = make([]string, 0, len(ids))
-	} else {
-		recs = make([]string, 0, w.base.len()+len(ids))
+	slices.Sort(ids) // the order of their packed forms too
+	b, err := newSnapshotBuilder(size)
+	if err != nil {
+		return nil, err
 	}
-	var p packer
-	base := w.base.recs
+	n := 0 // base records up to n are placed
 	if w.cleared {
-		base = nil
+		n = w.base.len()
 	}
 	for _, id := range ids {
-		for len(base) > 0 && packedCompanyID(base[0]) < id {
-			recs = append(recs, base[0])
-			base = base[1:]
-		}
-		if len(base) > 0 && packedCompanyID(base[0]) == id {
-			base = base[1:] // replaced or removed
-		}
-		if c := w.changed[id]; c != nil {
-			s, err := p.pack(*c)
-			if err != nil {
+		k, _ := companyKey(id)
+		key := string(k[:])
+		for ; n < w.base.len() && packedKey(w.base.view(n)) < key; n++ {
+			if err := b.addPacked(w.base.view(n)); err != nil {
+				b.abandon()
 				return nil, err
 			}
-			recs = append(recs, s)
+		}
+		if n < w.base.len() && packedKey(w.base.view(n)) == key {
+			n++ // replaced or removed
+		}
+		if c := w.changed[id]; c != nil {
+			if err := b.add(*c); err != nil {
+				b.abandon()
+				return nil, err
+			}
 		}
 	}
-	recs = append(recs, base...)
-	if sameIndex {
-		return &packedSnapshot{recs: recs, byTenant: w.base.byTenant}, nil
+	for ; n < w.base.len(); n++ {
+		if err := b.addPacked(w.base.view(n)); err != nil {
+			b.abandon()
+			return nil, err
+		}
 	}
-	return newPackedSnapshot(slices.Clip(recs)), nil
+	if sameIndex {
+		return b.finish(w.base.byTenant)
+	}
+	return b.finish(nil)
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"unsafe"
 )
 
 // The file store reads and writes its file as a stream, so that a file of 100,000
@@ -31,25 +32,36 @@ var errStreamFallback = errors.New("credentials: parse: unusual document, read w
 // refuses the same documents. A plain document with one fault is refused with parseFile's
 // error (with several, which one is reported may differ); an encrypted one, and the unusual
 // forms, it leaves to parseFile (errStreamFallback).
-func decodeStream(r io.Reader, sealer *Sealer) (snap *packedSnapshot, encrypted bool, err error) {
-	d := streamDecoder{dec: json.NewDecoder(r), sealer: sealer}
+//
+// sizeHint is the document's size if known (its packed records are smaller), else 0.
+func decodeStream(r io.Reader, sealer *Sealer, sizeHint int64) (snap *packedSnapshot, encrypted bool, err error) {
+	b, err := newSnapshotBuilder(int(min(max(sizeHint, 0), 1<<30)))
+	if err != nil {
+		return nil, false, err
+	}
+	d := streamDecoder{dec: json.NewDecoder(r), sealer: sealer, b: b}
 	d.dec.DisallowUnknownFields()
 	err = d.document()
 	if err == nil {
-		var recs []string
+		var byCompany []uint32
 		var byTenant []int32
-		if recs, byTenant, err = sortPacked(d.recs, d.rawIDs); err == nil {
-			return &packedSnapshot{recs: recs, byTenant: byTenant}, d.encrypted, nil
+		if byCompany, byTenant, err = sortPacked(b, d.rawIDs); err == nil {
+			b.offs = byCompany
+			if snap, err = b.finish(byTenant); err == nil {
+				return snap, d.encrypted, nil
+			}
+			return nil, false, err
 		}
 		if !d.encrypted {
 			err = parseError(err)
 		}
-	} else if !d.encrypted && !errors.Is(err, errStreamFallback) && len(d.recs) > 0 {
+	} else if !d.encrypted && !errors.Is(err, errStreamFallback) && len(b.offs) > 0 {
 		// Parse validates as it streams, so it reports a duplicate before any later fault.
-		if _, _, derr := sortPacked(d.recs, d.rawIDs); derr != nil {
+		if _, _, derr := sortPacked(b, d.rawIDs); derr != nil {
 			err = parseError(derr)
 		}
 	}
+	b.abandon()
 	if d.encrypted {
 		err = errStreamFallback
 	}
@@ -66,9 +78,8 @@ type streamDecoder struct {
 	credsSeen bool            // the "credentials" member was read
 	credsNull bool            // … and was null
 
-	recs   []string       // packed, in file order
-	rawIDs map[int]string // company ids as written, of the records where that is not canonical
-	packer packer
+	b      *snapshotBuilder // the records, in file order
+	rawIDs map[int]string   // company ids as written, of the records where that is not canonical
 }
 
 func parseError(err error) error { return fmt.Errorf("credentials: parse: %w", err) }
@@ -182,8 +193,7 @@ func (d *streamDecoder) add(i int, rec Record) error {
 	if err := c.Validate(); err != nil {
 		return &RecordError{Index: i, CompanyID: rec.CompanyID, Err: err}
 	}
-	p, err := d.packer.pack(normalizeCredential(c))
-	if err != nil {
+	if err := d.b.add(normalizeCredential(c)); err != nil {
 		return &RecordError{Index: i, CompanyID: rec.CompanyID, Err: err}
 	}
 	if rec.CompanyID != c.CompanyID {
@@ -192,40 +202,42 @@ func (d *streamDecoder) add(i int, rec Record) error {
 		}
 		d.rawIDs[i] = rec.CompanyID
 	}
-	d.recs = append(d.recs, p)
 	return nil
 }
 
-// packer packs credentials through one scratch buffer, so that each record costs one
-// allocation of its own size.
+// packer packs credentials in one scratch buffer.
 type packer struct{ buf []byte }
 
-func (p *packer) pack(c Credential) (string, error) {
+// view packs c and returns the record as a view of the scratch buffer, valid until the next
+// call.
+func (p *packer) view(c Credential) (string, error) {
 	var err error
 	p.buf, err = appendPacked(p.buf[:0], c)
 	if err != nil {
 		return "", err
 	}
-	return string(p.buf), nil
+	return unsafe.String(unsafe.SliceData(p.buf), len(p.buf)), nil
 }
 
-// sortPacked sorts records given in file order by company id and indexes their tenants,
-// refusing a company or tenant id given twice as recordValidator does: the error names the
-// first record, in file order, that repeats an earlier one (a company before a tenant).
-// rawIDs holds the company ids as written where they differ from the canonical ones.
-func sortPacked(fileOrder []string, rawIDs map[int]string) (recs []string, byTenant []int32, err error) {
-	n := len(fileOrder)
+// sortPacked sorts the records of b, added in file order, by company id and indexes their
+// tenants, refusing a company or tenant id given twice as recordValidator does: the error
+// names the first record, in file order, that repeats an earlier one (a company before a
+// tenant). rawIDs holds the company ids as written where they differ from the canonical ones.
+// It returns the records' offsets sorted by company id, and the tenant index.
+func sortPacked(b *snapshotBuilder, rawIDs map[int]string) (sorted []uint32, byTenant []int32, err error) {
+	n := len(b.offs)
 	byCompany := make([]int32, n)
 	var withTenant []int32
-	for i, p := range fileOrder {
+	for i := range n {
 		byCompany[i] = int32(i)
-		if packedTenantID(p) != "" {
+		if packedTenantID(b.view(i)) != "" {
 			withTenant = append(withTenant, int32(i))
 		}
 	}
+	fileOrder := func(i int32) string { return b.view(int(i)) }
 	keyOrder := func(key func(string) string) func(a, b int32) int {
 		return func(a, b int32) int {
-			if c := strings.Compare(key(fileOrder[a]), key(fileOrder[b])); c != 0 {
+			if c := strings.Compare(key(fileOrder(a)), key(fileOrder(b))); c != 0 {
 				return c
 			}
 			return int(a - b)
@@ -236,11 +248,11 @@ func sortPacked(fileOrder []string, rawIDs map[int]string) (recs []string, byTen
 	firstRepeat := func(idx []int32, key func(string) string) (rec, first int) {
 		rec, first = -1, -1
 		for k := 1; k < len(idx); k++ {
-			if key(fileOrder[idx[k]]) != key(fileOrder[idx[k-1]]) {
+			if key(fileOrder(idx[k])) != key(fileOrder(idx[k-1])) {
 				continue
 			}
 			g := k - 1
-			for g > 0 && key(fileOrder[idx[g-1]]) == key(fileOrder[idx[k]]) {
+			for g > 0 && key(fileOrder(idx[g-1])) == key(fileOrder(idx[k])) {
 				g--
 			}
 			if rec < 0 || int(idx[k]) < rec {
@@ -249,9 +261,9 @@ func sortPacked(fileOrder []string, rawIDs map[int]string) (recs []string, byTen
 		}
 		return rec, first
 	}
-	slices.SortFunc(byCompany, keyOrder(packedCompanyID))
+	slices.SortFunc(byCompany, keyOrder(packedKey))
 	slices.SortFunc(withTenant, keyOrder(packedTenantID))
-	ci, cj := firstRepeat(byCompany, packedCompanyID)
+	ci, cj := firstRepeat(byCompany, packedKey)
 	ti, tj := firstRepeat(withTenant, packedTenantID)
 	if ci >= 0 || ti >= 0 {
 		i, msg := ci, fmt.Errorf("company_id duplicates record %d", cj)
@@ -260,36 +272,46 @@ func sortPacked(fileOrder []string, rawIDs map[int]string) (recs []string, byTen
 		}
 		id, ok := rawIDs[i]
 		if !ok {
-			id = packedCompanyID(fileOrder[i])
+			id = companyIDOf(packedKey(fileOrder(int32(i))))
 		}
 		return nil, nil, &RecordError{Index: i, CompanyID: id, Err: msg}
 	}
-	recs = make([]string, n)
+	sorted = make([]uint32, n)
 	pos := make([]int32, n) // file order -> sorted position
 	for k, i := range byCompany {
-		recs[k] = fileOrder[i]
+		sorted[k] = b.offs[i]
 		pos[i] = int32(k)
 	}
 	for k, i := range withTenant {
 		withTenant[k] = pos[i]
 	}
-	return recs, slices.Clip(withTenant), nil
+	if withTenant == nil {
+		withTenant = []int32{}
+	}
+	return sorted, slices.Clip(withTenant), nil
 }
 
 // packCredentials packs credentials that parseFile returned (valid, no company or tenant
 // twice) into a snapshot.
 func packCredentials(creds []Credential) (*packedSnapshot, error) {
-	recs := make([]string, 0, len(creds))
-	var p packer
+	creds = slices.Clone(creds)
+	size := 0
+	for i, c := range creds {
+		creds[i] = normalizeCredential(c)
+		size += packedSize(creds[i])
+	}
+	slices.SortFunc(creds, func(a, b Credential) int { return strings.Compare(a.CompanyID, b.CompanyID) })
+	b, err := newSnapshotBuilder(size)
+	if err != nil {
+		return nil, err
+	}
 	for _, c := range creds {
-		s, err := p.pack(normalizeCredential(c))
-		if err != nil {
+		if err := b.add(c); err != nil {
+			b.abandon()
 			return nil, err
 		}
-		recs = append(recs, s)
 	}
-	slices.SortFunc(recs, func(a, b string) int { return strings.Compare(packedCompanyID(a), packedCompanyID(b)) })
-	return newPackedSnapshot(recs), nil
+	return b.finish(nil)
 }
 
 // readResult is what readSnapshot found.
@@ -307,7 +329,7 @@ type readResult struct {
 func readSnapshot(path string, euid int, sealer *Sealer) readResult {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return readResult{snap: emptyPackedSnapshot}
+		return readResult{snap: newEmptySnapshot()}
 	}
 	if err != nil {
 		return readResult{ioErr: err}
@@ -324,7 +346,7 @@ func readSnapshot(path string, euid int, sealer *Sealer) readResult {
 		res.decodeErr = err
 	} else {
 		br := bufio.NewReaderSize(io.TeeReader(src, h), 64<<10)
-		res.snap, res.encrypted, res.decodeErr = decodeStream(br, sealer)
+		res.snap, res.encrypted, res.decodeErr = decodeStream(br, sealer, res.fp.size)
 		if errors.Is(res.decodeErr, errStreamFallback) {
 			return readWhole(f, res, sealer)
 		}
@@ -334,10 +356,10 @@ func readSnapshot(path string, euid int, sealer *Sealer) readResult {
 		src.err = err
 	}
 	if src.err != nil {
+		if res.snap != nil {
+			res.snap.release()
+		}
 		return readResult{ioErr: src.err}
-	}
-	if res.decodeErr != nil {
-		res.snap = nil
 	}
 	h.Sum(res.fp.sum[:0])
 	return res
@@ -411,7 +433,7 @@ func writeSnapshot(w io.Writer, snap *packedSnapshot, sealer *Sealer) error {
 	} else {
 		bw.WriteString("{\n")
 	}
-	if len(snap.recs) == 0 {
+	if snap.len() == 0 {
 		bw.WriteString("  \"credentials\": []\n}\n")
 		return bw.Flush()
 	}
@@ -421,8 +443,8 @@ func writeSnapshot(w io.Writer, snap *packedSnapshot, sealer *Sealer) error {
 		out bytes.Buffer
 	)
 	enc := json.NewEncoder(&buf)
-	for i, p := range snap.recs {
-		r := RecordOf(mustUnpack(p))
+	for i := range snap.len() {
+		r := RecordOf(snap.credential(i))
 		if sealer != nil {
 			for _, fld := range secretFields(&r) {
 				if *fld.v == "" {
