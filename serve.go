@@ -334,8 +334,12 @@ type brokerStatus struct {
 	broker *credentials.Broker
 }
 
+// List reads the credentials without their secrets (credentials.Scan): /credentials shows
+// none, so none is read or decrypted for it.
 func (b brokerStatus) List(ctx context.Context) ([]credentials.Credential, error) {
-	return b.store.List(ctx)
+	var list []credentials.Credential
+	err := credentials.Scan(ctx, b.store, func(c credentials.Credential) bool { list = append(list, c); return true })
+	return list, err
 }
 
 func (b brokerStatus) StatusOf(c credentials.Credential) credentials.Status {

@@ -98,7 +98,7 @@ type Broker struct {
 	mu       sync.Mutex
 	pending  map[string]pendingPair // rotated pairs whose store write has not succeeded yet
 	rejected map[string][32]byte    // company -> hash of the refresh token the endpoint rejected
-	badKeys  map[string][32]byte    // company -> hash of the API key the upstream last answered 401 to
+	badKeys  map[string]int64       // company -> version of the credential whose API key the upstream answered 401 to
 	backoff  map[string]backoffState
 	writers  map[string]bool // companies with a write-retry goroutine running
 
@@ -182,7 +182,7 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 		tenants:       tenants,
 		pending:       make(map[string]pendingPair),
 		rejected:      make(map[string][32]byte),
-		badKeys:       make(map[string][32]byte),
+		badKeys:       make(map[string]int64),
 		backoff:       make(map[string]backoffState),
 		writers:       make(map[string]bool),
 	}
@@ -316,18 +316,20 @@ func (b *Broker) Reauthorize(ctx context.Context, companyID string, rejected Gra
 	retry = !e.grant.Same(rejected)
 	if !retry {
 		b.mu.Lock()
-		b.badKeys[companyID] = tokenHash(e.cred.APIKey)
+		b.badKeys[companyID] = e.cred.Version
 		b.mu.Unlock()
 	}
 	return e.grant, retry, nil
 }
 
-// keyRejected reports whether the upstream answered 401 to this very API key.
+// keyRejected reports whether the upstream answered 401 to this very API key: to this
+// version of the credential (a new key is a new version), so that it can tell without the
+// key, which Scan does not hand out.
 func (b *Broker) keyRejected(c Credential) bool {
 	b.mu.Lock()
-	h, ok := b.badKeys[c.CompanyID]
+	v, ok := b.badKeys[c.CompanyID]
 	b.mu.Unlock()
-	return ok && h == tokenHash(c.APIKey)
+	return ok && v == c.Version
 }
 
 // lookup returns the cached entry, or loads it: a pending (not yet persisted) pair first,

@@ -465,6 +465,34 @@ func TestSweepKeepalive(t *testing.T) {
 		}
 	})
 
+	t.Run("changed since the pass: left for the next sweep", func(t *testing.T) {
+		clock := newBkClock()
+		now := clock.Now()
+		idle := bkCompanyID(3)
+		toks := bkGrants(t, srv, []string{idle})
+		mem := NewMemoryStore()
+		bkPut(t, mem, Credential{CompanyID: idle, Type: OAuth2, AccessToken: Secret(toks[idle].AccessToken), RefreshToken: Secret(toks[idle].RefreshToken),
+			ExpiresAt: now.Add(10 * time.Minute), LastRefreshedAt: now.Add(-24*time.Hour - time.Minute)})
+		store := &changingStore{Store: mem}
+		// Another writer changes the credential after the pass saw it, before its refresh.
+		store.afterScan = func() {
+			c := bkGet(t, mem, idle)
+			c.LastError = "touched by another writer"
+			if _, err := mem.Update(ctx, c); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b := bkNewBroker(t, store, srv.TokenURL(), clock, oauth)
+		before := srv.Stats().TokenCalls
+		if n := b.Sweep(ctx); n != 0 || srv.Stats().TokenCalls != before {
+			t.Fatalf("Sweep refreshed %d (token calls +%d) a credential changed since its pass, want 0", n, srv.Stats().TokenCalls-before)
+		}
+		store.afterScan = nil
+		if n := b.Sweep(ctx); n != 1 || srv.Stats().TokenCalls != before+1 {
+			t.Fatalf("the next Sweep refreshed %d, want 1", n)
+		}
+	})
+
 	t.Run("a fleet is refreshed over several sweeps", func(t *testing.T) {
 		clock := newBkClock()
 		now := clock.Now()
@@ -581,4 +609,18 @@ func TestSecretsNeverPrint(t *testing.T) {
 	if got := fmt.Sprint(oauthCred.AccessToken); got != Redacted {
 		t.Fatalf("Secret prints %q, want %q", got, Redacted)
 	}
+}
+
+// changingStore is a Store that another writer changes right after a Scan.
+type changingStore struct {
+	Store
+	afterScan func()
+}
+
+func (s *changingStore) Scan(ctx context.Context, fn func(Credential) bool) error {
+	err := Scan(ctx, s.Store, fn)
+	if s.afterScan != nil {
+		s.afterScan()
+	}
+	return err
 }

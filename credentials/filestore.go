@@ -227,13 +227,14 @@ func (s *FileStore) List(ctx context.Context) ([]Credential, error) {
 	return p.list(), nil
 }
 
-// Scan calls fn with every credential, ordered by company id, until fn returns false. It
-// reads one snapshot and allocates nothing per credential (List copies them all).
+// Scan calls fn with every credential, without its secrets, ordered by company id, until fn
+// returns false. It reads one snapshot and unpacks one credential at a time (List copies
+// them all).
 func (s *FileStore) Scan(ctx context.Context, fn func(Credential) bool) error {
 	p := s.acquire()
 	defer p.release()
 	for i := range p.len() {
-		if !fn(p.credential(i)) {
+		if !fn(p.metadata(i)) {
 			return nil
 		}
 	}

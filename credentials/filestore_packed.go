@@ -249,9 +249,9 @@ func (r *packedReader) b64String() (groups, rest string, n int) {
 	return groups, rest, int(l)
 }
 
-// unpack decodes a packed record into a new Credential: its strings share one allocation,
-// and none of p's memory (which may be a view).
-func unpack(p string) (Credential, error) {
+// unpack decodes a packed record into a new Credential, with its secrets or without them
+// (left empty): its strings share one allocation, and none of p's memory (which may be a view).
+func unpack(p string, withSecrets bool) (Credential, error) {
 	if len(p) < packedKeyLen+2 {
 		return Credential{}, errPackedCorrupt
 	}
@@ -272,10 +272,14 @@ func unpack(p string) (Credential, error) {
 		if flags&(packedB64<<i) != 0 {
 			var n int
 			secrets[i], rests[i], n = r.b64String()
-			size += n
+			if withSecrets {
+				size += n
+			}
 		} else {
 			secrets[i] = r.string()
-			size += len(secrets[i])
+			if withSecrets {
+				size += len(secrets[i])
+			}
 		}
 	}
 	lastError := r.string()
@@ -302,6 +306,10 @@ func unpack(p string) (Credential, error) {
 	c.TenantID = field(n)
 	for i, v := range secrets {
 		n = len(buf)
+		if !withSecrets {
+			secrets[i] = ""
+			continue
+		}
 		if flags&(packedB64<<i) != 0 {
 			buf = b64.AppendEncode(buf, []byte(v))
 			buf = append(buf, rests[i]...)
@@ -321,8 +329,8 @@ func unpack(p string) (Credential, error) {
 }
 
 // mustUnpack unpacks a record the store packed itself.
-func mustUnpack(p string) Credential {
-	c, err := unpack(p)
+func mustUnpack(p string, withSecrets bool) Credential {
+	c, err := unpack(p, withSecrets)
 	if err != nil {
 		panic(err)
 	}
@@ -394,7 +402,10 @@ func (p *packedSnapshot) len() int { return len(p.byCompany) }
 func (p *packedSnapshot) view(i int) string { return p.mem.view(p.byCompany[i]) }
 
 // credential returns record i, unpacked (a copy).
-func (p *packedSnapshot) credential(i int) Credential { return mustUnpack(p.view(i)) }
+func (p *packedSnapshot) credential(i int) Credential { return mustUnpack(p.view(i), true) }
+
+// metadata returns record i without its secrets (a copy).
+func (p *packedSnapshot) metadata(i int) Credential { return mustUnpack(p.view(i), false) }
 
 // companyID returns record i's company id (a copy).
 func (p *packedSnapshot) companyID(i int) string { return companyIDOf(packedKey(p.view(i))) }

@@ -68,15 +68,23 @@ func TestPackRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := unpack(string(p))
+			got, err := unpack(string(p), true)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if !reflect.DeepEqual(got, tc.c) {
 				t.Fatalf("unpack(pack(c)) =\n%#v, want\n%#v", fieldsOf(got), fieldsOf(tc.c))
 			}
+			// Without secrets: the same credential, its secrets empty.
+			meta, err := unpack(string(p), false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := withoutSecrets(tc.c); !reflect.DeepEqual(meta, want) {
+				t.Fatalf("unpack(pack(c), false) =\n%#v, want\n%#v", fieldsOf(meta), fieldsOf(want))
+			}
 			for _, cut := range []int{0, 1, packedKeyLen + 1, len(p) - 1} {
-				if _, err := unpack(string(p[:cut])); !errors.Is(err, errPackedCorrupt) {
+				if _, err := unpack(string(p[:cut]), true); !errors.Is(err, errPackedCorrupt) {
 					t.Errorf("unpack of the first %d bytes: %v, want errPackedCorrupt", cut, err)
 				}
 			}

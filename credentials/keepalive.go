@@ -33,8 +33,9 @@ func (b *Broker) Run(ctx context.Context, interval time.Duration) {
 const maxKeepalivePerSweep = 20
 
 // Sweep does one pass of Run's work and returns how many credentials it refreshed. It
-// streams the store (Scan): what it keeps is the counts and the few credentials due, which it
-// refreshes once the pass is over, so no store connection is held across a token call.
+// streams the store without secrets (Scan): what it keeps is the counts and the few
+// credentials due, which it reads whole and refreshes once the pass is over, so no store
+// connection is held across a token call.
 func (b *Broker) Sweep(ctx context.Context) int {
 	now := b.now()
 	counts := make(map[metrics.CredentialKey]int)
@@ -68,7 +69,11 @@ func (b *Broker) Sweep(ctx context.Context) int {
 		if ctx.Err() != nil {
 			break
 		}
-		if _, err := b.refresh(ctx, c.CompanyID, TriggerBackground, b.newEntry(c).grant); err == nil {
+		full, err := b.store.Get(ctx, c.CompanyID)
+		if err != nil || full.Version != c.Version {
+			continue // removed, unreadable, or changed since the pass: the next sweep looks again
+		}
+		if _, err := b.refresh(ctx, c.CompanyID, TriggerBackground, b.newEntry(full).grant); err == nil {
 			refreshed++
 		}
 	}

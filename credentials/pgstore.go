@@ -413,21 +413,25 @@ func (s *PGStore) List(ctx context.Context) ([]Credential, error) {
 	})
 }
 
-// Scan streams every credential, ordered by company id, to fn until it returns false: one
-// row decoded at a time, so a sweep of 100,000 credentials does not hold them all. Unlike the
-// other reads it is not retried (fn may have seen part of the table).
+// pgScanColumns are the columns Scan reads: every one but the secrets.
+const pgScanColumns = `company_id, tenant_id, type, expires_at, state, last_refreshed_at, last_error, version`
+
+// Scan streams every credential, without its secrets, ordered by company id, to fn until it
+// returns false: one row decoded at a time, so a sweep of 100,000 credentials does not hold
+// them all, and no secret is read or decrypted. Unlike the other reads it is not retried (fn
+// may have seen part of the table).
 func (s *PGStore) Scan(ctx context.Context, fn func(Credential) bool) error {
-	rows, err := s.pool.Query(ctx, `SELECT `+pgColumns+` FROM pleo_proxy_credentials ORDER BY company_id`)
+	rows, err := s.pool.Query(ctx, `SELECT `+pgScanColumns+` FROM pleo_proxy_credentials ORDER BY company_id`)
 	if err != nil {
 		return storeUnavailable("list", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var r pgRow
-		if err := rows.Scan(r.dest()...); err != nil {
+		if err := rows.Scan(&r.companyID, &r.tenantID, &r.typ, &r.expiresAt, &r.state, &r.lastRefreshedAt, &r.lastError, &r.version); err != nil {
 			return storeUnavailable("list", err)
 		}
-		c, err := s.credential(&r)
+		c, err := s.credential(&r) // no secrets to open: they were not read
 		if err != nil {
 			return err
 		}

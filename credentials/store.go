@@ -34,15 +34,18 @@ type Store interface {
 	Close() error
 }
 
-// Scanner is implemented by stores that can stream their credentials (PostgreSQL), so that a
-// pass over a large store holds one credential at a time rather than a copy of them all.
+// Scanner is implemented by stores that can stream their credentials without their secrets
+// (the file and PostgreSQL stores), so that a pass over a large store holds one credential
+// at a time rather than a copy of them all, and neither decrypts nor copies a single secret.
 type Scanner interface {
 	// Scan calls fn with every credential, ordered by company id, until fn returns false.
+	// The credentials carry no secrets (AccessToken, RefreshToken and APIKey are empty): a
+	// caller that needs them reads the credential with Get.
 	Scan(ctx context.Context, fn func(Credential) bool) error
 }
 
-// Scan calls fn with every credential of s until fn returns false: streamed when s is a
-// Scanner, else from List.
+// Scan calls fn with every credential of s, without its secrets, until fn returns false:
+// streamed when s is a Scanner, else from List.
 func Scan(ctx context.Context, s Store, fn func(Credential) bool) error {
 	if sc, ok := s.(Scanner); ok {
 		return sc.Scan(ctx, fn)
@@ -52,9 +55,15 @@ func Scan(ctx context.Context, s Store, fn func(Credential) bool) error {
 		return err
 	}
 	for _, c := range list {
-		if !fn(c) {
+		if !fn(withoutSecrets(c)) {
 			return nil
 		}
 	}
 	return nil
+}
+
+// withoutSecrets is c as Scan hands it out.
+func withoutSecrets(c Credential) Credential {
+	c.AccessToken, c.RefreshToken, c.APIKey = "", "", ""
+	return c
 }
