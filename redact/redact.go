@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"strings"
 	"sync"
@@ -23,11 +24,16 @@ const Replacement = "[REDACTED]"
 const minLen = 8
 
 // Set is the set of secret values to redact. Permanent values (configuration) stay for the
-// process's life; rotating ones (tokens) are kept in an LRU so the set stays bounded.
+// process's life; rotating ones (tokens) are kept in an LRU so the set stays bounded. It keeps
+// a keyed 64-bit hash of each value (hash/maphash, a seed per process), not the value: the set
+// holds no copy of a secret, costs a few dozen bytes per value whatever its length, and takes
+// a run of log text that is no secret for one only on a hash collision (about 1 in 2^64 per
+// run, which would redact a little too much, never too little).
 type Set struct {
+	seed      maphash.Seed
 	mu        sync.RWMutex
-	permanent map[string]struct{}
-	rotating  *lru.Cache[string, struct{}]
+	permanent map[uint64]struct{}
+	rotating  *lru.Cache[uint64, struct{}]
 }
 
 // NewSet returns a Set that remembers up to capacity rotating values.
@@ -35,9 +41,11 @@ func NewSet(capacity int) *Set {
 	if capacity <= 0 {
 		capacity = 1 << 16
 	}
-	c, _ := lru.New[string, struct{}](capacity)
-	return &Set{permanent: make(map[string]struct{}), rotating: c}
+	c, _ := lru.New[uint64, struct{}](capacity)
+	return &Set{seed: maphash.MakeSeed(), permanent: make(map[uint64]struct{}), rotating: c}
 }
+
+func (s *Set) hash(v string) uint64 { return maphash.String(s.seed, v) }
 
 // AddPermanent adds configuration secrets, and the forms they travel in.
 func (s *Set) AddPermanent(values ...string) {
@@ -45,7 +53,7 @@ func (s *Set) AddPermanent(values ...string) {
 	defer s.mu.Unlock()
 	for _, v := range values {
 		for _, f := range forms(v) {
-			s.permanent[f] = struct{}{}
+			s.permanent[s.hash(f)] = struct{}{}
 		}
 	}
 }
@@ -57,7 +65,7 @@ func (s *Set) Add(values ...string) {
 	}
 	for _, v := range values {
 		for _, f := range forms(v) {
-			s.rotating.Add(f, struct{}{})
+			s.rotating.Add(s.hash(f), struct{}{})
 		}
 	}
 }
@@ -74,11 +82,12 @@ func forms(v string) []string {
 }
 
 func (s *Set) has(tok string) bool {
-	if _, ok := s.rotating.Peek(tok); ok {
+	h := s.hash(tok)
+	if _, ok := s.rotating.Peek(h); ok {
 		return true
 	}
 	s.mu.RLock()
-	_, ok := s.permanent[tok]
+	_, ok := s.permanent[h]
 	s.mu.RUnlock()
 	return ok
 }
