@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -375,6 +374,3 @@ func healthcheck(ctx context.Context, environ []string) error {
 	}
 	return nil
 }
-
-// quoteShell quotes s for a POSIX shell.
-func quoteShell(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
