@@ -14,7 +14,7 @@ import (
 
 // The results file bench/run writes: one measurement a line,
 // round<TAB>target<TAB>load<TAB>key<TAB>value. Round 0 holds the run's metadata (target
-// "meta"), the storm ("storm") and the memory run ("mem").
+// "meta"), the storm ("storm") and the memory runs ("mem", "memenc").
 
 type runKey struct {
 	round        int
@@ -321,7 +321,6 @@ func report(args []string) error {
 	mib := func(kb float64) string { return formatNum(kb/1024, 1) + " MiB" }
 	count := func(v float64) string { return formatNum(v, 0) }
 	st := func(k string) string { return r.str(0, "storm", "-", k) }
-	mm := func(k string) string { return r.str(0, "mem", "-", k) }
 	section(fmt.Sprintf("(e) refresh storm: %s companies with expired tokens × %s concurrent requests, released at once", st("companies"), st("per")))
 	row("token endpoint calls (refresh grants) during the storm", func(t string) string {
 		if t != "d" {
@@ -362,17 +361,23 @@ func report(args []string) error {
 	row(fmt.Sprintf("peak RSS (VmHWM) after pre-opening the storm's %s connections (%s concurrent warm requests)", st("requests"), st("requests")), one("storm", "hwm_prewarm_kb", mib))
 	row("peak RSS (VmHWM) during the storm itself (peak reset after pre-opening)", one("storm", "hwm_after_kb", mib))
 	row("RSS (VmRSS) 2 s after the storm", one("storm", "rss_after_kb", mib))
-	section(fmt.Sprintf("(f) memory: %s stored credentials (file store), CACHE_SIZE %s", mm("credentials"), mm("cache_size")))
-	row("start-up, exec to /readyz 200", one("mem", "startup_ms", func(v float64) string { return formatNum(v, 0) + " ms" }))
-	row("RSS after start (VmRSS at ready)", one("mem", "rss_start_kb", mib))
-	row(fmt.Sprintf("RSS after touching %s companies", mm("touched")), one("mem", "rss_touch_kb", mib))
-	row("peak RSS (VmHWM) over the memory run", one("mem", "hwm_touch_kb", mib))
-	row("touch answers: ok / non-2xx / errors", func(t string) string {
-		if t != "d" {
-			return ""
+	for _, m := range memRuns {
+		if _, ok := r.num(0, m.load, "-", "startup_ms"); !ok && m.load != "mem" {
+			continue
 		}
-		return mm("ok") + " / " + mm("non2xx") + " / " + mm("errors")
-	})
+		mm := func(k string) string { return r.str(0, m.load, "-", k) }
+		section(fmt.Sprintf("%s memory: %s stored credentials (%s), CACHE_SIZE %s", m.label, mm("credentials"), m.store, mm("cache_size")))
+		row("start-up, exec to /readyz 200", one(m.load, "startup_ms", func(v float64) string { return formatNum(v, 0) + " ms" }))
+		row("RSS after start (VmRSS at ready)", one(m.load, "rss_start_kb", mib))
+		row(fmt.Sprintf("RSS after touching %s companies", mm("touched")), one(m.load, "rss_touch_kb", mib))
+		row("peak RSS (VmHWM) over the memory run", one(m.load, "hwm_touch_kb", mib))
+		row("touch answers: ok / non-2xx / errors", func(t string) string {
+			if t != "d" {
+				return ""
+			}
+			return mm("ok") + " / " + mm("non2xx") + " / " + mm("errors")
+		})
+	}
 
 	// Targets.
 	p("\n### Targets\n\n| target | measured | limit | result |\n| --- | --- | --- | --- |\n")
@@ -420,14 +425,26 @@ func report(args []string) error {
 		hwm = max(hwm, v)
 	}
 	p("| peak RSS ≤ 64 MiB throughout, storm included (largest VmHWM of (d) above) | %s | ≤ 64 MiB | %s |\n", mib(hwm), verdict(hwm <= 64*1024, ok))
-	mhwm, ok := r.num(0, "mem", "-", "hwm_touch_kb")
-	mOK, _ := r.num(0, "mem", "-", "ok")
-	mN, _ := r.num(0, "mem", "-", "touched")
-	p("| %s credentials, CACHE_SIZE %s: RSS ≤ 64 MiB (VmHWM from exec through touching %s) | %s | ≤ 64 MiB | %s |\n",
-		mm("credentials"), mm("cache_size"), mm("touched"), mib(mhwm), verdict(mhwm <= 64*1024, ok && mOK == mN))
-	su, ok := r.num(0, "mem", "-", "startup_ms")
-	p("| %s credentials: start-up ≤ 1 s (exec to /readyz 200) | %s ms | ≤ 1000 ms | %s |\n", mm("credentials"), formatNum(su, 0), verdict(su <= 1000, ok))
+	for _, m := range memRuns {
+		su, ok := r.num(0, m.load, "-", "startup_ms")
+		if !ok && m.load != "mem" {
+			continue
+		}
+		mm := func(k string) string { return r.str(0, m.load, "-", k) }
+		mhwm, hok := r.num(0, m.load, "-", "hwm_touch_kb")
+		mOK, _ := r.num(0, m.load, "-", "ok")
+		mN, _ := r.num(0, m.load, "-", "touched")
+		p("| %s %s credentials (%s), CACHE_SIZE %s: RSS ≤ 64 MiB (VmHWM from exec through touching %s) | %s | ≤ 64 MiB | %s |\n",
+			m.label, mm("credentials"), m.store, mm("cache_size"), mm("touched"), mib(mhwm), verdict(mhwm <= 64*1024, hok && mOK == mN))
+		p("| %s %s credentials (%s): start-up ≤ 1 s (exec to /readyz 200) | %s ms | ≤ 1000 ms | %s |\n", m.label, mm("credentials"), m.store, formatNum(su, 0), verdict(su <= 1000, ok))
+	}
 	return nil
+}
+
+// memRuns are the memory runs bench/run records, (f) always and (f′) with MEM_ENCRYPTED=1.
+var memRuns = []struct{ load, label, store string }{
+	{"mem", "(f)", "file store"},
+	{"memenc", "(f′)", "file store, encrypted at rest"},
 }
 
 func contains(list []string, s string) bool {
