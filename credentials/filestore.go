@@ -262,7 +262,7 @@ func (s *FileStore) PutAll(ctx context.Context, creds []Credential, replaceAll b
 		return err
 	}
 	return s.write(ctx, func(w *fileChanges) error {
-		return w.mergeBatch(batch, replaceAll)
+		return mergeBatch(w, batch, replaceAll)
 	})
 }
 
@@ -277,7 +277,7 @@ func (s *FileStore) Update(ctx context.Context, c Credential) (Credential, error
 	var updated Credential
 	err = s.write(ctx, func(w *fileChanges) error {
 		var err error
-		updated, err = w.applyUpdate(c)
+		updated, err = applyUpdate(w, c)
 		return err
 	})
 	if err != nil {
@@ -289,7 +289,7 @@ func (s *FileStore) Update(ctx context.Context, c Credential) (Credential, error
 // Delete removes the company's credential from the file, or returns ErrNotFound.
 func (s *FileStore) Delete(ctx context.Context, companyID string) error {
 	return s.write(ctx, func(w *fileChanges) error {
-		return w.applyDelete(companyID)
+		return applyDelete(w, companyID)
 	})
 }
 

@@ -1,7 +1,6 @@
 package credentials
 
 import (
-	"fmt"
 	"slices"
 )
 
@@ -9,14 +8,16 @@ import (
 // read, and the credentials it adds, replaces or removes. A write costs the changes, not a
 // copy of every credential; building the result reuses every unchanged packed record.
 //
-// The operations mirror the memory store's (mergeBatch, applyUpdate, applyDelete) with the
-// same results and errors; each either succeeds or leaves the changes as they were.
+// It is a credentialSet: the memory store's mutations (mergeBatch, applyUpdate, applyDelete)
+// work on it, with the same results and errors.
 type fileChanges struct {
 	base    *packedSnapshot
 	cleared bool                   // nothing of base is kept (PutAll with replaceAll)
 	changed map[string]*Credential // canonical company id -> its new credential; nil: removed
 	tenants map[string]string      // tenant id -> company id, of the credentials in changed
 }
+
+var _ credentialSet = (*fileChanges)(nil)
 
 func newFileChanges(base *packedSnapshot) *fileChanges {
 	return &fileChanges{base: base, changed: make(map[string]*Credential), tenants: make(map[string]string)}
@@ -101,69 +102,6 @@ func (w *fileChanges) count() int {
 		}
 	}
 	return n
-}
-
-// mergeBatch is mergeBatch of the memory store: batch comes from prepareBatch.
-func (w *fileChanges) mergeBatch(batch []Credential, replaceAll bool) error {
-	if !replaceAll {
-		// The batch has no tenant twice (prepareBatch); it must not take one that a record it
-		// leaves in place holds.
-		inBatch := make(map[string]bool, len(batch))
-		for _, c := range batch {
-			inBatch[c.CompanyID] = true
-		}
-		for i, c := range batch {
-			if c.TenantID == "" {
-				continue
-			}
-			if other, taken := w.tenantHolder(c.TenantID); taken && !inBatch[other] {
-				return &RecordError{Index: i, CompanyID: c.CompanyID,
-					Err: fmt.Errorf("tenant_id is already used by company %s", other)}
-			}
-		}
-	}
-	written := make([]Credential, len(batch))
-	for i, c := range batch {
-		stored, _ := w.lookup(c.CompanyID)
-		c.Version = stored.Version + 1
-		written[i] = c
-	}
-	if replaceAll {
-		w.clear()
-	}
-	for _, c := range written {
-		w.put(c)
-	}
-	return nil
-}
-
-// applyUpdate is the compare-and-swap of Update; c comes from prepareOne.
-func (w *fileChanges) applyUpdate(c Credential) (Credential, error) {
-	stored, ok := w.lookup(c.CompanyID)
-	if !ok {
-		return Credential{}, fmt.Errorf("%w: company %s", ErrNotFound, c.CompanyID)
-	}
-	if stored.Version != c.Version {
-		return Credential{}, fmt.Errorf("%w: company %s is at version %d, not %d", ErrConflict, c.CompanyID, stored.Version, c.Version)
-	}
-	if c.TenantID != "" && c.TenantID != stored.TenantID {
-		if other, taken := w.tenantHolder(c.TenantID); taken && other != c.CompanyID {
-			return Credential{}, &FieldError{Field: "tenant_id", Reason: "is already used by company " + other}
-		}
-	}
-	c.Version = stored.Version + 1
-	w.put(c)
-	return c, nil
-}
-
-// applyDelete removes the company's credential, or returns ErrNotFound.
-func (w *fileChanges) applyDelete(companyID string) error {
-	companyID = CanonicalCompanyID(companyID)
-	if _, ok := w.lookup(companyID); !ok {
-		return fmt.Errorf("%w: company %s", ErrNotFound, companyID)
-	}
-	w.remove(companyID)
-	return nil
 }
 
 // build returns the snapshot the changes make: base itself when nothing changed, else a new

@@ -277,8 +277,9 @@ func TestPackedSnapshotReferences(t *testing.T) {
 	}
 }
 
-// fileChanges gives the results and errors of the memory store's mutations (mergeBatch,
-// applyUpdate, applyDelete on a map), over a random sequence of them.
+// The store mutations (mergeBatch, applyUpdate, applyDelete) give the same results and
+// errors on a file store write's changes as on the memory store's map, over a random
+// sequence of them: fileChanges keeps track of tenants and removals as a map does.
 func TestFileChangesMatchMemoryStore(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	tenant := func() string {
@@ -305,7 +306,7 @@ func TestFileChangesMatchMemoryStore(t *testing.T) {
 					continue // duplicates in the batch: refused before either
 				}
 				replace := rng.IntN(5) == 0
-				errM, errW = mergeBatch(m, prepared, replace), w.mergeBatch(prepared, replace)
+				errM, errW = mergeBatch(mapSet(m), prepared, replace), mergeBatch(w, prepared, replace)
 			case 2:
 				c := normalizeCredential(stOAuth(0, tenant()))
 				c.CompanyID = id
@@ -313,13 +314,13 @@ func TestFileChangesMatchMemoryStore(t *testing.T) {
 					c.Version = stored.Version
 				}
 				var gotM, gotW Credential
-				gotM, errM = applyUpdate(m, c)
-				gotW, errW = w.applyUpdate(c)
+				gotM, errM = applyUpdate(mapSet(m), c)
+				gotW, errW = applyUpdate(w, c)
 				if !reflect.DeepEqual(gotM, gotW) {
 					t.Fatalf("round %d: update returned %v, memory store %v", round, gotW, gotM)
 				}
 			case 3:
-				errM, errW = applyDelete(m, strings.ToUpper(id)), w.applyDelete(strings.ToUpper(id))
+				errM, errW = applyDelete(mapSet(m), strings.ToUpper(id)), applyDelete(w, strings.ToUpper(id))
 			}
 			if fmt.Sprint(errM) != fmt.Sprint(errW) {
 				t.Fatalf("round %d: error %v, memory store %v", round, errW, errM)

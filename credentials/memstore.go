@@ -57,7 +57,7 @@ func (s *MemoryStore) PutAll(ctx context.Context, creds []Credential, replaceAll
 	}
 	s.mu.Lock()
 	next := maps.Clone(s.snap.byCompany)
-	if err := mergeBatch(next, batch, replaceAll); err != nil {
+	if err := mergeBatch(mapSet(next), batch, replaceAll); err != nil {
 		s.mu.Unlock()
 		return err
 	}
@@ -79,7 +79,7 @@ func (s *MemoryStore) Update(ctx context.Context, c Credential) (Credential, err
 	}
 	s.mu.Lock()
 	next := maps.Clone(s.snap.byCompany)
-	updated, err := applyUpdate(next, c)
+	updated, err := applyUpdate(mapSet(next), c)
 	if err != nil {
 		s.mu.Unlock()
 		return Credential{}, err
@@ -97,7 +97,7 @@ func (s *MemoryStore) Delete(ctx context.Context, companyID string) error {
 	}
 	s.mu.Lock()
 	next := maps.Clone(s.snap.byCompany)
-	if err := applyDelete(next, companyID); err != nil {
+	if err := applyDelete(mapSet(next), companyID); err != nil {
 		s.mu.Unlock()
 		return err
 	}
@@ -234,10 +234,21 @@ func prepareBatch(creds []Credential) ([]Credential, error) {
 	return out, nil
 }
 
-// mergeBatch adds batch, which must come from prepareBatch, to m in place (with replaceAll, m
-// then holds the batch only). A written record's version is the stored one plus one, or 1. It
+// credentialSet is what the store mutations below work on, in place: the memory store's map
+// (mapSet) and a file store write's changes (fileChanges). Company ids are canonical.
+type credentialSet interface {
+	lookup(companyID string) (Credential, bool)
+	// tenantHolder returns the company whose credential has the tenant id.
+	tenantHolder(tenantID string) (companyID string, ok bool)
+	put(c Credential)
+	remove(companyID string)
+	clear()
+}
+
+// mergeBatch adds batch, which must come from prepareBatch, to m (with replaceAll, m then
+// holds the batch only). A written record's version is the stored one plus one, or 1. It
 // fails, leaving m untouched, when a tenant id would name two companies.
-func mergeBatch(m map[string]Credential, batch []Credential, replaceAll bool) error {
+func mergeBatch(m credentialSet, batch []Credential, replaceAll bool) error {
 	if !replaceAll {
 		// The batch has no tenant twice (prepareBatch); it must not take one that a record it
 		// leaves in place holds.
@@ -245,14 +256,11 @@ func mergeBatch(m map[string]Credential, batch []Credential, replaceAll bool) er
 		for _, c := range batch {
 			inBatch[c.CompanyID] = true
 		}
-		kept := make(map[string]string, len(m))
-		for id, c := range m {
-			if c.TenantID != "" && !inBatch[id] {
-				kept[c.TenantID] = id
-			}
-		}
 		for i, c := range batch {
-			if other, taken := kept[c.TenantID]; c.TenantID != "" && taken {
+			if c.TenantID == "" {
+				continue
+			}
+			if other, taken := m.tenantHolder(c.TenantID); taken && !inBatch[other] {
 				return &RecordError{Index: i, CompanyID: c.CompanyID,
 					Err: fmt.Errorf("tenant_id is already used by company %s", other)}
 			}
@@ -260,49 +268,66 @@ func mergeBatch(m map[string]Credential, batch []Credential, replaceAll bool) er
 	}
 	written := make([]Credential, len(batch))
 	for i, c := range batch {
-		c.Version = m[c.CompanyID].Version + 1
+		stored, _ := m.lookup(c.CompanyID)
+		c.Version = stored.Version + 1
 		written[i] = c
 	}
 	if replaceAll {
-		clear(m)
+		m.clear()
 	}
 	for _, c := range written {
-		m[c.CompanyID] = c
+		m.put(c)
 	}
 	return nil
 }
 
-// applyUpdate is the compare-and-swap of Update, in place on m; c comes from prepareOne. It
-// returns the stored credential, or an error leaving m untouched.
-func applyUpdate(m map[string]Credential, c Credential) (Credential, error) {
-	stored, ok := m[c.CompanyID]
+// applyUpdate is the compare-and-swap of Update, on m; c comes from prepareOne. It returns
+// the stored credential, or an error leaving m untouched.
+func applyUpdate(m credentialSet, c Credential) (Credential, error) {
+	stored, ok := m.lookup(c.CompanyID)
 	if !ok {
 		return Credential{}, fmt.Errorf("%w: company %s", ErrNotFound, c.CompanyID)
 	}
 	if stored.Version != c.Version {
 		return Credential{}, fmt.Errorf("%w: company %s is at version %d, not %d", ErrConflict, c.CompanyID, stored.Version, c.Version)
 	}
-	// Only a tenant that changes can collide (a refresh keeps it): no scan on the refresh path.
+	// Only a tenant that changes can collide (a refresh keeps it): no lookup on the refresh path.
 	if c.TenantID != "" && c.TenantID != stored.TenantID {
-		for id, other := range m {
-			if id != c.CompanyID && other.TenantID == c.TenantID {
-				return Credential{}, &FieldError{Field: "tenant_id", Reason: "is already used by company " + id}
-			}
+		if other, taken := m.tenantHolder(c.TenantID); taken && other != c.CompanyID {
+			return Credential{}, &FieldError{Field: "tenant_id", Reason: "is already used by company " + other}
 		}
 	}
 	c.Version = stored.Version + 1
-	m[c.CompanyID] = c
+	m.put(c)
 	return c, nil
 }
 
-// applyDelete removes companyID from m in place, or returns ErrNotFound.
-func applyDelete(m map[string]Credential, companyID string) error {
+// applyDelete removes companyID from m, or returns ErrNotFound.
+func applyDelete(m credentialSet, companyID string) error {
 	companyID = CanonicalCompanyID(companyID)
-	if _, ok := m[companyID]; !ok {
+	if _, ok := m.lookup(companyID); !ok {
 		return fmt.Errorf("%w: company %s", ErrNotFound, companyID)
 	}
-	delete(m, companyID)
+	m.remove(companyID)
 	return nil
+}
+
+// mapSet is a credentialSet over the memory store's map. Finding a tenant's holder scans it:
+// the memory store is for tests and --dev.
+type mapSet map[string]Credential
+
+func (m mapSet) lookup(companyID string) (Credential, bool) { c, ok := m[companyID]; return c, ok }
+func (m mapSet) put(c Credential)                           { m[c.CompanyID] = c }
+func (m mapSet) remove(companyID string)                    { delete(m, companyID) }
+func (m mapSet) clear()                                     { clear(m) }
+
+func (m mapSet) tenantHolder(tenantID string) (string, bool) {
+	for id, c := range m {
+		if c.TenantID == tenantID {
+			return id, true
+		}
+	}
+	return "", false
 }
 
 // diffCompanies returns, sorted, the companies added, removed or changed between old and next.
