@@ -918,7 +918,7 @@ const FileEncryptionVersion = 1
 
 // encryptedFile is the encrypted document.
 type encryptedFile struct {
-	Encryption  *FileEncryption `json:"encryption"`
+	Encryption  *FileEncryption `json:"encryption,omitempty"` // nil: the plain format
 	Credentials []Record        `json:"credentials"`
 }
 
@@ -933,40 +933,20 @@ func secretFields(r *Record) [3]struct {
 	}{{FieldAccessToken, &r.AccessToken}, {FieldRefreshToken, &r.RefreshToken}, {FieldAPIKey, &r.APIKey}}
 }
 
-// marshalFile encodes creds as the file store writes them: the plain format (Marshal)
-// without a sealer, the encrypted one with it.
-func marshalFile(creds []Credential, sealer *Sealer) ([]byte, error) {
-	if sealer == nil {
-		return Marshal(creds)
-	}
-	f := encryptedFile{Encryption: &FileEncryption{Version: FileEncryptionVersion}, Credentials: make([]Record, 0, len(creds))}
-	for _, c := range creds {
-		r := RecordOf(c)
-		r.CompanyID = CanonicalCompanyID(r.CompanyID)
-		for _, fld := range secretFields(&r) {
-			if *fld.v == "" {
-				continue
-			}
-			sealed, err := sealer.Seal(r.CompanyID, fld.name, []byte(*fld.v))
-			if err != nil {
-				return nil, fmt.Errorf("credentials: marshal: company %s: %w", r.CompanyID, err)
-			}
-			*fld.v = sealed
+// sealRecord replaces every secret of r with its sealed form, bound to r's company and the
+// field, with sealer's newest key.
+func sealRecord(r *Record, sealer *Sealer) error {
+	for _, fld := range secretFields(r) {
+		if *fld.v == "" {
+			continue
 		}
-		f.Credentials = append(f.Credentials, r)
+		sealed, err := sealer.Seal(r.CompanyID, fld.name, []byte(*fld.v))
+		if err != nil {
+			return fmt.Errorf("credentials: marshal: company %s: %w", r.CompanyID, err)
+		}
+		*fld.v = sealed
 	}
-	sortRecords(f.Credentials)
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(f); err != nil {
-		return nil, fmt.Errorf("credentials: marshal: %w", err)
-	}
-	return buf.Bytes(), nil
-}
-
-func sortRecords(rs []Record) {
-	slices.SortFunc(rs, func(a, b Record) int { return strings.Compare(a.CompanyID, b.CompanyID) })
+	return nil
 }
 
 // parseFile decodes a file in either format and validates it as Parse does; encrypted reports

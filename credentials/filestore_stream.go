@@ -17,7 +17,8 @@ import (
 // The file store reads and writes its file as a stream, so that a file of 100,000
 // credentials is never in memory whole, nor as a slice of records or credentials: what a
 // read keeps is one packed record per credential (see filestore_packed.go), and a write
-// encodes one record at a time straight into the temporary file. parseFile and marshalFile
+// encodes one record at a time straight into the temporary file. parseFile and marshalFile (a
+// test helper)
 // remain the reference the streaming forms are tested against, and parseFile reads the
 // unusual documents the stream leaves to it (errStreamFallback).
 
@@ -446,15 +447,8 @@ func writeSnapshot(w io.Writer, snap *packedSnapshot, sealer *Sealer) error {
 	for i := range snap.len() {
 		r := RecordOf(snap.credential(i))
 		if sealer != nil {
-			for _, fld := range secretFields(&r) {
-				if *fld.v == "" {
-					continue
-				}
-				sealed, err := sealer.Seal(r.CompanyID, fld.name, []byte(*fld.v))
-				if err != nil {
-					return fmt.Errorf("credentials: marshal: company %s: %w", r.CompanyID, err)
-				}
-				*fld.v = sealed
+			if err := sealRecord(&r, sealer); err != nil {
+				return err
 			}
 		}
 		buf.Reset()

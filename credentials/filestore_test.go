@@ -56,6 +56,25 @@ func fsMarshal(t *testing.T, creds ...Credential) []byte {
 	return data
 }
 
+// marshalFile encodes creds whole, as the file store writes them record by record
+// (writeSnapshot): the plain format (Marshal) without a sealer, the encrypted one with it. It
+// is the reference the streaming writer and reader are tested against.
+func marshalFile(creds []Credential, sealer *Sealer) ([]byte, error) {
+	if sealer == nil {
+		return Marshal(creds)
+	}
+	records := make([]Record, 0, len(creds))
+	for _, c := range creds {
+		r := RecordOf(c)
+		r.CompanyID = CanonicalCompanyID(r.CompanyID)
+		if err := sealRecord(&r, sealer); err != nil {
+			return nil, err
+		}
+		records = append(records, r)
+	}
+	return encodeDocument(&FileEncryption{Version: FileEncryptionVersion}, records)
+}
+
 // fsReplace writes data to path the way another well-behaved writer would: a new file renamed
 // over the old one.
 func fsReplace(t *testing.T, path string, data []byte) {

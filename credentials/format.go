@@ -226,11 +226,17 @@ func Marshal(creds []Credential) ([]byte, error) {
 	for _, c := range creds {
 		f.Credentials = append(f.Credentials, RecordOf(c))
 	}
-	sort.Slice(f.Credentials, func(i, j int) bool { return f.Credentials[i].CompanyID < f.Credentials[j].CompanyID })
+	return encodeDocument(nil, f.Credentials)
+}
+
+// encodeDocument encodes a credentials document, encrypted when encryption is set, with its
+// records ordered by company id and indented as every credentials file is.
+func encodeDocument(encryption *FileEncryption, records []Record) ([]byte, error) {
+	sort.Slice(records, func(i, j int) bool { return records[i].CompanyID < records[j].CompanyID })
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	enc.SetIndent("", "  ")
-	if err := enc.Encode(f); err != nil {
+	if err := enc.Encode(encryptedFile{Encryption: encryption, Credentials: records}); err != nil {
 		return nil, fmt.Errorf("credentials: marshal: %w", err)
 	}
 	return buf.Bytes(), nil
