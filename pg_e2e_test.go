@@ -110,7 +110,7 @@ func pgLoad(ctx context.Context, sidecars []*sidecar, companies []string, worker
 // 1.2x the minimum. Then PostgreSQL is restarted under load: the sidecars recover and no
 // token is lost. The credentials are imported with the credentials CLI.
 func TestPGMultiProcess(t *testing.T) {
-	if testing.Short() {
+	if testing.Short() && !testenv.InCI() { // CI runs it even with -short: it never skips there
 		t.Skip("about 40 s")
 	}
 	dsn := testenv.PostgresDatabase(t, "e2e_")
