@@ -336,17 +336,20 @@ func storm(args []string) error {
 	var wg sync.WaitGroup
 	gate := make(chan struct{})
 	var t0 time.Time
+	var ready sync.WaitGroup
+	ready.Add(total)
 	for i := range total {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			ready.Done()
 			<-gate
 			resp, err := get(ctx, client, *url, *header, ids[i / *per], trace)
 			o.record(resp, err) // reads the body
 			lat[i] = time.Since(t0)
 		}()
 	}
-	time.Sleep(100 * time.Millisecond) // let every goroutine reach the gate
+	ready.Wait() // every goroutine is at the gate
 	t0 = time.Now()
 	close(gate)
 	wg.Wait()
