@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -123,6 +124,23 @@ func (s *sidecar) commitWindowP99(t *testing.T) (float64, float64) {
 	return math.Inf(1), total
 }
 
+// oauthSidecarEnv is the environment of a sidecar on store whose upstream and token endpoint
+// are srv: listeners on free loopback ports, info logs, then extra. It is clipped, so that
+// callers appending to it get copies of their own.
+func oauthSidecarEnv(srv *oauthtest.Server, store string, extra ...string) []string {
+	return slices.Clip(append([]string{
+		"PATH=" + os.Getenv("PATH"),
+		"PLEO_PROXY_STORE=" + store,
+		"PLEO_PROXY_UPSTREAM_URL=" + srv.URL(),
+		"PLEO_PROXY_OAUTH_TOKEN_URL=" + srv.TokenURL(),
+		"PLEO_PROXY_OAUTH_CLIENT_ID=" + srv.ClientID(),
+		"PLEO_PROXY_OAUTH_CLIENT_SECRET=" + srv.ClientSecret(),
+		"PLEO_PROXY_LISTEN_ADDR=127.0.0.1:0",
+		"PLEO_PROXY_ADMIN_ADDR=127.0.0.1:0",
+		"PLEO_PROXY_LOG_LEVEL=info",
+	}, extra...))
+}
+
 // grantedCredential is an oauth2 credential for company with tokens freshly granted by srv,
 // stored as expiring at expiresAt.
 func grantedCredential(t *testing.T, srv *oauthtest.Server, company string, expiresAt time.Time) credentials.Credential {
@@ -158,17 +176,7 @@ func TestCrashRecovery(t *testing.T) {
 	if err := os.WriteFile(storePath, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	env := []string{
-		"PATH=" + os.Getenv("PATH"),
-		"PLEO_PROXY_STORE=file://" + storePath,
-		"PLEO_PROXY_UPSTREAM_URL=" + srv.URL(),
-		"PLEO_PROXY_OAUTH_TOKEN_URL=" + srv.TokenURL(),
-		"PLEO_PROXY_OAUTH_CLIENT_ID=" + srv.ClientID(),
-		"PLEO_PROXY_OAUTH_CLIENT_SECRET=" + srv.ClientSecret(),
-		"PLEO_PROXY_LISTEN_ADDR=127.0.0.1:0",
-		"PLEO_PROXY_ADMIN_ADDR=127.0.0.1:0",
-		"PLEO_PROXY_LOG_LEVEL=info",
-	}
+	env := oauthSidecarEnv(srv, "file://"+storePath)
 	client := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 64, MaxIdleConnsPerHost: 64}, Timeout: 20 * time.Second}
 
 	allWork := func(s *sidecar, phase string) {

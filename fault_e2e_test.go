@@ -73,18 +73,7 @@ func newFaultEnv(t *testing.T, dir string, uid int, companies ...string) *faultE
 			}
 		}
 	}
-	e.env = []string{
-		"PATH=" + os.Getenv("PATH"),
-		"PLEO_PROXY_STORE=file://" + e.path,
-		"PLEO_PROXY_UPSTREAM_URL=" + e.srv.URL(),
-		"PLEO_PROXY_OAUTH_TOKEN_URL=" + e.srv.TokenURL(),
-		"PLEO_PROXY_OAUTH_CLIENT_ID=" + e.srv.ClientID(),
-		"PLEO_PROXY_OAUTH_CLIENT_SECRET=" + e.srv.ClientSecret(),
-		"PLEO_PROXY_LISTEN_ADDR=127.0.0.1:0",
-		"PLEO_PROXY_ADMIN_ADDR=127.0.0.1:0",
-		"PLEO_PROXY_STORE_POLL_INTERVAL=200ms",
-		"PLEO_PROXY_LOG_LEVEL=info",
-	}
+	e.env = oauthSidecarEnv(e.srv, "file://"+e.path, "PLEO_PROXY_STORE_POLL_INTERVAL=200ms")
 	return e
 }
 

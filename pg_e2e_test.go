@@ -127,20 +127,11 @@ func TestPGMultiProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := []string{
-		"PATH=" + os.Getenv("PATH"),
-		"PLEO_PROXY_STORE=" + dsn,
-		"PLEO_PROXY_ENCRYPTION_KEY=" + strings.Repeat("A", 43) + "=",
-		"PLEO_PROXY_UPSTREAM_URL=" + srv.URL(),
-		"PLEO_PROXY_OAUTH_TOKEN_URL=" + srv.TokenURL(),
-		"PLEO_PROXY_OAUTH_CLIENT_ID=" + srv.ClientID(),
-		"PLEO_PROXY_OAUTH_CLIENT_SECRET=" + srv.ClientSecret(),
-		"PLEO_PROXY_LISTEN_ADDR=127.0.0.1:0",
-		"PLEO_PROXY_ADMIN_ADDR=127.0.0.1:0",
-		"PLEO_PROXY_LOG_LEVEL=info",
+	env := oauthSidecarEnv(srv, dsn,
+		"PLEO_PROXY_ENCRYPTION_KEY="+strings.Repeat("A", 43)+"=",
 		"PLEO_PROXY_REFRESH_BEFORE=100ms",
 		"PLEO_PROXY_TOKEN_TIMEOUT=2s",
-	}
+	)
 	// The CLI works against the postgres store.
 	if out, stderr, code := runCLI(t, env, string(doc), "credentials", "import", "-"); code != 0 {
 		t.Fatalf("credentials import: exit %d: %s %s", code, out, stderr)
