@@ -284,24 +284,21 @@ func report(args []string) error {
 	row("upstream CPU per request, µs", stat(cpuPerRequest(rateL, "up_ticks"), 1))
 	row("errors / non-2xx, all rounds", errCell(rateL, "errors"))
 	section("ratios: (d) over this column, per round, median")
-	row("CPU per request, saturation (for (a): over the upstream's own CPU)", func(t string) string {
-		switch t {
-		case "a":
-			return stat(ratio(cpuPerRequest(wrkL, "cpu_ticks"), cpuPerRequest(wrkL, "up_ticks")), 2)(t)
-		case "b", "c", "cp":
-			return stat(ratio(cpuPerRequest(wrkL, "cpu_ticks"), cpuPerRequest(wrkL, "cpu_ticks")), 2)(t)
+	// cpuRatio is (d)'s CPU per request over the column's under load; for (a), which has no
+	// proxy, over the upstream's own.
+	cpuRatio := func(load string) func(t string) string {
+		return func(t string) string {
+			switch t {
+			case "a":
+				return stat(ratio(cpuPerRequest(load, "cpu_ticks"), cpuPerRequest(load, "up_ticks")), 2)(t)
+			case "b", "c", "cp":
+				return stat(ratio(cpuPerRequest(load, "cpu_ticks"), cpuPerRequest(load, "cpu_ticks")), 2)(t)
+			}
+			return ""
 		}
-		return ""
-	})
-	row("CPU per request, fixed rate (for (a): over the upstream's own CPU)", func(t string) string {
-		switch t {
-		case "a":
-			return stat(ratio(cpuPerRequest(rateL, "cpu_ticks"), cpuPerRequest(rateL, "up_ticks")), 2)(t)
-		case "b", "c", "cp":
-			return stat(ratio(cpuPerRequest(rateL, "cpu_ticks"), cpuPerRequest(rateL, "cpu_ticks")), 2)(t)
-		}
-		return ""
-	})
+	}
+	row("CPU per request, saturation (for (a): over the upstream's own CPU)", cpuRatio(wrkL))
+	row("CPU per request, fixed rate (for (a): over the upstream's own CPU)", cpuRatio(rateL))
 	row("added p99 over (a), fixed rate", stat(ratio(added(field(rateL, "p99_us", 1)), added(field(rateL, "p99_us", 1))), 2, "b", "c", "cp"))
 	row("p99 from due, fixed rate", stat(ratio(field(rateL, "p99_us", 1), field(rateL, "p99_us", 1)), 2, "a", "b", "c", "cp"))
 	row("requests/s, saturation", stat(ratio(wrkRPS, wrkRPS), 2, "a", "b", "c", "cp"))
