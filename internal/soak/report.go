@@ -60,26 +60,13 @@ func (r *report) print(w io.Writer, st mockpleo.Stats, sc *sidecar) bool {
 		float64(sent)/r.took.Seconds(), l.dropped.Load())
 	fmt.Fprintf(w, "large bodies answered 401 by Pleo (not replayable), 200 on the caller's retry: %d\n", l.largeRetried)
 
-	var unexpected, expected int64
 	fmt.Fprintln(w, "\nclient-visible errors, companies not being revoked (target: none):")
-	for _, k := range slices.Sorted(maps.Keys(l.unexpected)) {
-		fmt.Fprintf(w, "  %-50s %d\n", k, l.unexpected[k])
-		unexpected += l.unexpected[k]
-	}
-	if unexpected == 0 {
-		fmt.Fprintln(w, "  none")
-	}
+	unexpected := printCounts(w, l.unexpected)
 	for _, e := range l.examples {
 		fmt.Fprintln(w, "  e.g.", e)
 	}
 	fmt.Fprintf(w, "client-visible errors of companies whose grant was revoked, until reconnected (expected):\n")
-	for _, k := range slices.Sorted(maps.Keys(l.expected)) {
-		fmt.Fprintf(w, "  %-50s %d\n", k, l.expected[k])
-		expected += l.expected[k]
-	}
-	if expected == 0 {
-		fmt.Fprintln(w, "  none")
-	}
+	printCounts(w, l.expected)
 
 	fmt.Fprintf(w, "\nrevocations: %d access tokens, %d whole grants (reconnected after", l.accessRevs, l.grantRevs)
 	if len(l.reconnects) > 0 {
@@ -151,4 +138,17 @@ func (r *report) print(w io.Writer, st mockpleo.Stats, sc *sidecar) bool {
 		fmt.Fprintln(w, "PASS: no unexpected client-visible error, every answer from the intended company, no refresh token reused")
 	}
 	return ok
+}
+
+// printCounts prints counts a line each, sorted by key ("none" when empty), and returns their sum.
+func printCounts(w io.Writer, counts map[string]int64) int64 {
+	var sum int64
+	for _, k := range slices.Sorted(maps.Keys(counts)) {
+		fmt.Fprintf(w, "  %-50s %d\n", k, counts[k])
+		sum += counts[k]
+	}
+	if sum == 0 {
+		fmt.Fprintln(w, "  none")
+	}
+	return sum
 }
