@@ -475,23 +475,21 @@ func TestCallbackRefusesBadStates(t *testing.T) {
 		{name: "forged random state", want: "not valid", status: 400, callback: func(e *env) (string, *http.Client) {
 			b := newBrowser(e.t)
 			cb := e.untilCallback(b, "t-1")
-			q := cb.Query()
-			q.Set("state", "bm90LWEtcmVhbC1zdGF0ZS1ub3QtYS1yZWFsLXN0YXRlLW5vdC1hLXJlYWwtc3RhdGU")
-			cb.RawQuery = q.Encode()
-			return cb.String(), b
+			return withQuery(cb, func(q url.Values) {
+				q.Set("state", "bm90LWEtcmVhbC1zdGF0ZS1ub3QtYS1yZWFsLXN0YXRlLW5vdC1hLXJlYWwtc3RhdGU")
+			}), b
 		}},
 		{name: "tampered state", want: "not valid", status: 400, callback: func(e *env) (string, *http.Client) {
 			b := newBrowser(e.t)
 			cb := e.untilCallback(b, "t-1")
-			q := cb.Query()
-			s := []byte(q.Get("state"))
-			s[len(s)/2] ^= 1
-			if s[len(s)/2] == '-' || s[len(s)/2] == '_' {
-				s[len(s)/2] = 'A'
-			}
-			q.Set("state", string(s))
-			cb.RawQuery = q.Encode()
-			return cb.String(), b
+			return withQuery(cb, func(q url.Values) {
+				s := []byte(q.Get("state"))
+				s[len(s)/2] ^= 1
+				if s[len(s)/2] == '-' || s[len(s)/2] == '_' {
+					s[len(s)/2] = 'A'
+				}
+				q.Set("state", string(s))
+			}), b
 		}},
 		{name: "state sealed under another key", want: "not valid", status: 400, callback: func(e *env) (string, *http.Client) {
 			other, err := newSealer([][]byte{bytes.Repeat([]byte{8}, 32)}, "pleo-auth-proxy/connect-state\x00"+e.as.ClientID()+"\x00"+e.srv.URL+"/callback")
@@ -509,10 +507,7 @@ func TestCallbackRefusesBadStates(t *testing.T) {
 		{name: "no state", want: "not valid", status: 400, callback: func(e *env) (string, *http.Client) {
 			b := newBrowser(e.t)
 			cb := e.untilCallback(b, "t-1")
-			q := cb.Query()
-			q.Del("state")
-			cb.RawQuery = q.Encode()
-			return cb.String(), b
+			return withQuery(cb, func(q url.Values) { q.Del("state") }), b
 		}},
 		{name: "expired", want: "expired", status: 400, callback: func(e *env) (string, *http.Client) {
 			b := newBrowser(e.t)
@@ -530,10 +525,7 @@ func TestCallbackRefusesBadStates(t *testing.T) {
 		{name: "callback names another tenant", want: "not valid", status: 400, callback: func(e *env) (string, *http.Client) {
 			b := newBrowser(e.t)
 			cb := e.untilCallback(b, "tenant-a")
-			q := cb.Query()
-			q.Set("tenant_id", "tenant-b")
-			cb.RawQuery = q.Encode()
-			return cb.String(), b
+			return withQuery(cb, func(q url.Values) { q.Set("tenant_id", "tenant-b") }), b
 		}},
 		{name: "another browser's state (consent phishing)", want: "another browser", status: 400, callback: func(e *env) (string, *http.Client) {
 			// The attacker starts a flow for their tenant and has the victim consent; the
@@ -579,11 +571,16 @@ func withState(t *testing.T, cb *url.URL, s *sealer, st flowState) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	u := *cb
-	q := u.Query()
-	q.Set("state", sealed)
-	u.RawQuery = q.Encode()
-	return u.String()
+	return withQuery(cb, func(q url.Values) { q.Set("state", sealed) })
+}
+
+// withQuery returns u with its query changed by edit (u itself is left as it is).
+func withQuery(u *url.URL, edit func(url.Values)) string {
+	v := *u
+	q := v.Query()
+	edit(q)
+	v.RawQuery = q.Encode()
+	return v.String()
 }
 
 // A replayed callback (the same URL again, in the same browser) is refused and stores
@@ -672,12 +669,11 @@ func TestPagesEscape(t *testing.T) {
 	// Error page with a hostile error and description, on a valid state.
 	b := newBrowser(t)
 	cb := e.untilCallback(b, hostile)
-	q := cb.Query()
-	q.Del("code")
-	q.Set("error", hostile)
-	q.Set("error_description", hostile+strings.Repeat("x", 1000))
-	cb.RawQuery = q.Encode()
-	r = get(t, b, cb.String())
+	r = get(t, b, withQuery(cb, func(q url.Values) {
+		q.Del("code")
+		q.Set("error", hostile)
+		q.Set("error_description", hostile+strings.Repeat("x", 1000))
+	}))
 	if r.status != http.StatusBadRequest || !strings.Contains(r.body, "did not grant access") {
 		t.Fatalf("%d %s", r.status, r.body)
 	}
