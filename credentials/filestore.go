@@ -960,7 +960,7 @@ func parseFile(data []byte, sealer *Sealer) (creds []Credential, encrypted bool,
 	var peek struct {
 		Encryption json.RawMessage `json:"encryption"`
 	}
-	if !mayHaveEncryptionMember(data) || json.Unmarshal(data, &peek) != nil || peek.Encryption == nil {
+	if json.Unmarshal(data, &peek) != nil || peek.Encryption == nil {
 		creds, err := Parse(bytes.NewReader(data))
 		if err != nil {
 			return nil, false, err
@@ -1017,23 +1017,6 @@ func parseFile(data []byte, sealer *Sealer) (creds []Credential, encrypted bool,
 		return nil, true, err
 	}
 	return creds, true, nil
-}
-
-// mayHaveEncryptionMember is a fast pre-check for parseFile: false means data cannot hold an
-// "encryption" member (encoding/json matches member names case-insensitively and unescapes
-// them, so any case-insensitive occurrence, or any \u escape, means "maybe"). It saves a full
-// decoding pass over a large plain file.
-func mayHaveEncryptionMember(data []byte) bool {
-	const name = "encryption"
-	if bytes.Contains(data, []byte(`\u`)) {
-		return true
-	}
-	for i := 0; i+len(name) <= len(data); i++ {
-		if data[i]|0x20 == 'e' && bytes.EqualFold(data[i:i+len(name)], []byte(name)) {
-			return true
-		}
-	}
-	return false
 }
 
 // sealedKeyIDs lists, sorted, the key ids the sealed values of records need.

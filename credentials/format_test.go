@@ -54,23 +54,3 @@ func TestParseDocumentShape(t *testing.T) {
 		})
 	}
 }
-
-func TestMayHaveEncryptionMember(t *testing.T) {
-	tests := []struct {
-		doc  string
-		want bool
-	}{
-		{`{"credentials": []}`, false},
-		{`{"encryption": {"version": 1}, "credentials": []}`, true},
-		{`{"ENCRYPTION": {"version": 1}}`, true},                    // encoding/json folds case
-		{`{"\u0065ncryption": {"version": 1}}`, true},               // and unescapes names
-		{`{"credentials": [{"tenant_id": "Encryption-Co"}]}`, true}, // a false "maybe" is fine
-		{`encryptio`, false},
-		{``, false},
-	}
-	for _, tt := range tests {
-		if got := mayHaveEncryptionMember([]byte(tt.doc)); got != tt.want {
-			t.Errorf("mayHaveEncryptionMember(%s) = %v, want %v", tt.doc, got, tt.want)
-		}
-	}
-}
