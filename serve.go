@@ -214,14 +214,16 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	go broker.Run(bg, 0)
 
 	serveErr := make(chan error, 3)
-	go func() { serveErr <- dataSrv.Serve(dataLn) }()
+	go func() {
+		serveErr <- dataSrv.Serve(proxy.LimitListener(dataLn, cfg.MaxClientConns, m))
+	}()
 	go func() { serveErr <- adminSrv.Serve(adminLn) }()
 	if connectSrv != nil {
 		go func() { serveErr <- connectSrv.Serve(connectLn) }()
 	}
 	log.Info("pleo-auth-proxy started", "version", version, "listen", dataLn.Addr().String(),
 		"admin", adminLn.Addr().String(), "connect", connectAddr, "upstream", cfg.UpstreamURL.String(), "store", cfg.RedactedStore(), "dev", *dev,
-		"memory_limit", memoryLimitText(memLimit), "memory_limit_from", memSource)
+		"memory_limit", memoryLimitText(memLimit), "memory_limit_from", memSource, "max_client_conns", cfg.MaxClientConns)
 	if mock != nil {
 		mock.printTry(stdout, dataLn.Addr().String(), adminLn.Addr().String(), connectAddr, cfg)
 	}

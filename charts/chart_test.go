@@ -375,7 +375,7 @@ func checkStandalone(t *testing.T, docs []doc, values obj) {
 		t.Errorf("standalone: PLEO_PROXY_CLIENT_TOKENS_FILE = %q, want %s/client-tokens", got, secretsDir)
 	}
 	// Settings given in config reach their variables; unset ones keep the sidecar's default.
-	for key, name := range map[string]string{"upstreamMaxConns": "PLEO_PROXY_UPSTREAM_MAX_CONNS", "memoryLimit": "PLEO_PROXY_MEMORY_LIMIT"} {
+	for key, name := range map[string]string{"upstreamMaxConns": "PLEO_PROXY_UPSTREAM_MAX_CONNS", "maxClientConns": "PLEO_PROXY_MAX_CLIENT_CONNS", "memoryLimit": "PLEO_PROXY_MEMORY_LIMIT"} {
 		want := ""
 		if v := dig(values, "config", key); v != nil {
 			want = fmt.Sprint(v)

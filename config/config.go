@@ -138,6 +138,10 @@ type Config struct {
 	// UpstreamMaxConns bounds the connections open to the upstream at once
 	// (PLEO_PROXY_UPSTREAM_MAX_CONNS); requests beyond it wait for one to be free.
 	UpstreamMaxConns int
+	// MaxClientConns bounds the client connections the data listener serves at once
+	// (PLEO_PROXY_MAX_CLIENT_CONNS); a connection beyond it waits, and idle keep-alive
+	// connections are closed to make room for it.
+	MaxClientConns int
 	// CacheSize is how many credentials the LRU cache holds (PLEO_PROXY_CACHE_SIZE); more than 0.
 	CacheSize int
 	// MemoryLimit is the Go runtime's soft memory limit (PLEO_PROXY_MEMORY_LIMIT).
@@ -192,6 +196,7 @@ type raw struct {
 	MaxReplayBytes        string `env:"MAX_REPLAY_BYTES" envDefault:"1048576"`
 	UpstreamTimeout       string `env:"UPSTREAM_TIMEOUT" envDefault:"30s"`
 	UpstreamMaxConns      string `env:"UPSTREAM_MAX_CONNS" envDefault:"256"`
+	MaxClientConns        string `env:"MAX_CLIENT_CONNS" envDefault:"256"`
 	CacheSize             string `env:"CACHE_SIZE" envDefault:"10000"`
 	MemoryLimit           string `env:"MEMORY_LIMIT" envDefault:"auto"`
 	AdminToken            string `env:"ADMIN_TOKEN"`
@@ -349,6 +354,7 @@ func Parse(environ map[string]string) (*Config, error) {
 	c.MaxReplayBytes = p.integer("MAX_REPLAY_BYTES", r.MaxReplayBytes, 0)
 	c.UpstreamTimeout = p.duration("UPSTREAM_TIMEOUT", r.UpstreamTimeout, false)
 	c.UpstreamMaxConns = int(p.integer("UPSTREAM_MAX_CONNS", r.UpstreamMaxConns, 1))
+	c.MaxClientConns = int(p.integer("MAX_CLIENT_CONNS", r.MaxClientConns, 1))
 	c.CacheSize = int(p.integer("CACHE_SIZE", r.CacheSize, 1))
 	c.MemoryLimit = p.memoryLimit("MEMORY_LIMIT", r.MemoryLimit)
 	c.AdminToken = credentials.Secret(p.secret("ADMIN_TOKEN"))

@@ -79,6 +79,7 @@ func defaults(environment, upstream, auth string) *Config {
 		MaxReplayBytes:    1048576,
 		UpstreamTimeout:   30 * time.Second,
 		UpstreamMaxConns:  256,
+		MaxClientConns:    256,
 		CacheSize:         10000,
 		MemoryLimit:       MemoryLimit{Auto: true},
 		LogFormat:         "text",
@@ -153,6 +154,7 @@ func TestParseValues(t *testing.T) {
 		"PLEO_PROXY_MAX_REPLAY_BYTES":    "0",
 		"PLEO_PROXY_UPSTREAM_TIMEOUT":    "1m",
 		"PLEO_PROXY_UPSTREAM_MAX_CONNS":  "32",
+		"PLEO_PROXY_MAX_CLIENT_CONNS":    "64",
 		"PLEO_PROXY_CACHE_SIZE":          "1",
 		"PLEO_PROXY_MEMORY_LIMIT":        "56Mi",
 		"PLEO_PROXY_ADMIN_TOKEN":         "admin-token",
@@ -191,6 +193,7 @@ func TestParseValues(t *testing.T) {
 		MaxReplayBytes:    0,
 		UpstreamTimeout:   time.Minute,
 		UpstreamMaxConns:  32,
+		MaxClientConns:    64,
 		CacheSize:         1,
 		MemoryLimit:       MemoryLimit{Bytes: 56 << 20},
 		AdminToken:        "admin-token",
@@ -335,6 +338,8 @@ func TestParseProblems(t *testing.T) {
 		{"cache size zero", map[string]string{"PLEO_PROXY_CACHE_SIZE": "0"}, "CACHE_SIZE", "1 or more"},
 		{"cache size not a number", map[string]string{"PLEO_PROXY_CACHE_SIZE": "lots"}, "CACHE_SIZE", "not a whole number"},
 		{"upstream max conns zero", map[string]string{"PLEO_PROXY_UPSTREAM_MAX_CONNS": "0"}, "UPSTREAM_MAX_CONNS", "1 or more"},
+		{"max client conns zero", map[string]string{"PLEO_PROXY_MAX_CLIENT_CONNS": "0"}, "MAX_CLIENT_CONNS", "1 or more"},
+		{"max client conns not a number", map[string]string{"PLEO_PROXY_MAX_CLIENT_CONNS": "many"}, "MAX_CLIENT_CONNS", "not a whole number"},
 		{"memory limit word", map[string]string{"PLEO_PROXY_MEMORY_LIMIT": "lots"}, "MEMORY_LIMIT", "not auto, off or a size"},
 		{"memory limit decimal unit", map[string]string{"PLEO_PROXY_MEMORY_LIMIT": "64MB"}, "MEMORY_LIMIT", "not auto, off or a size"},
 		{"memory limit negative", map[string]string{"PLEO_PROXY_MEMORY_LIMIT": "-64MiB"}, "MEMORY_LIMIT", "not auto, off or a size"},
@@ -503,8 +508,8 @@ func TestVariables(t *testing.T) {
 			t.Errorf("Variables() lacks %s", want)
 		}
 	}
-	if len(vars) != 36 {
-		t.Errorf("Variables() has %d names, want 36", len(vars))
+	if len(vars) != 37 {
+		t.Errorf("Variables() has %d names, want 37", len(vars))
 	}
 }
 
@@ -689,7 +694,7 @@ func TestMemoryLimit(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
 	}
-	if !got.MemoryLimit.Auto || got.UpstreamMaxConns != 256 {
-		t.Errorf("defaults: MemoryLimit %v, UpstreamMaxConns %d; want auto, 256", got.MemoryLimit, got.UpstreamMaxConns)
+	if !got.MemoryLimit.Auto || got.UpstreamMaxConns != 256 || got.MaxClientConns != 256 {
+		t.Errorf("defaults: MemoryLimit %v, UpstreamMaxConns %d, MaxClientConns %d; want auto, 256, 256", got.MemoryLimit, got.UpstreamMaxConns, got.MaxClientConns)
 	}
 }

@@ -41,6 +41,8 @@ const (
 	nameInFlightRequests      = namespace + "_in_flight_requests"
 	nameConnects              = namespace + "_connects_total"
 	nameConnectFailures       = namespace + "_connect_failures_total"
+	nameClientConns           = namespace + "_client_connections"
+	nameClientConnWaits       = namespace + "_client_connection_waits_total"
 )
 
 // durationBuckets suit request, refresh, lock-wait and store durations: 0.5 ms to 30 s.
@@ -81,6 +83,8 @@ type Metrics struct {
 	inFlight             prometheus.Gauge
 	connects             *prometheus.CounterVec
 	connectFailures      *prometheus.CounterVec
+	clientConns          prometheus.Gauge
+	clientConnWaits      prometheus.Counter
 
 	// Children of the per-request series, created on first use (so that only the method,
 	// code and credential type combinations that happen are exported) and then read with
@@ -225,6 +229,14 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: nameConnectFailures,
 			Help: "Failed OAuth consent callbacks, by reason.",
 		}, []string{"reason"}),
+		clientConns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: nameClientConns,
+			Help: "Client connections the data listener holds open (bounded by PLEO_PROXY_MAX_CLIENT_CONNS).",
+		}),
+		clientConnWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: nameClientConnWaits,
+			Help: "Client connections that waited for a free slot under PLEO_PROXY_MAX_CLIENT_CONNS before being served.",
+		}),
 		credentialsSet: make(map[CredentialKey]bool),
 		expiringSet:    make(map[string]bool),
 	}
@@ -268,7 +280,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			m.tokenRefreshes, m.tokenRefreshDuration, m.cacheLookups, m.credentials,
 			m.errors, m.refreshLockWait, m.tokenCommitWindow, m.tokenAgeAtRefresh, m.credentialsExpiring,
 			m.storeDuration, m.storeErrors, m.storeReloadFailures, m.pendingTokenWrites,
-			m.inFlight, m.connects, m.connectFailures,
+			m.inFlight, m.connects, m.connectFailures, m.clientConns, m.clientConnWaits,
 		)
 	}
 	return m
@@ -326,6 +338,28 @@ func (m *Metrics) InFlight() (done func()) {
 }
 
 func noop() {}
+
+// ClientConnOpened counts one more open client connection in pleo_proxy_client_connections.
+func (m *Metrics) ClientConnOpened() {
+	if m != nil {
+		m.clientConns.Inc()
+	}
+}
+
+// ClientConnClosed counts one less open client connection in pleo_proxy_client_connections.
+func (m *Metrics) ClientConnClosed() {
+	if m != nil {
+		m.clientConns.Dec()
+	}
+}
+
+// ClientConnWaited records, in pleo_proxy_client_connection_waits_total, a client connection
+// that waited for a free slot before it was served.
+func (m *Metrics) ClientConnWaited() {
+	if m != nil {
+		m.clientConnWaits.Inc()
+	}
+}
 
 // CacheLookup records one credential cache lookup in pleo_proxy_credential_cache_lookups_total.
 func (m *Metrics) CacheLookup(hit bool) {

@@ -32,6 +32,10 @@ func touchAll(m *Metrics) {
 	m.InFlight()
 	m.ConnectStarted()
 	m.ConnectFailed(ConnectAccessDenied)
+	m.ClientConnOpened()
+	m.ClientConnOpened()
+	m.ClientConnClosed()
+	m.ClientConnWaited()
 }
 
 // withoutHelp gathers from g with every help string blanked, so that the exposition test pins
@@ -49,6 +53,10 @@ func withoutHelp(g prometheus.Gatherer) prometheus.Gatherer {
 // expectedExposition is the contract of interface.md section 7 plus the operational extras,
 // as exported after touchAll. Changing it changes the public contract.
 const expectedExposition = `
+# TYPE pleo_proxy_client_connection_waits_total counter
+pleo_proxy_client_connection_waits_total 1
+# TYPE pleo_proxy_client_connections gauge
+pleo_proxy_client_connections 1
 # TYPE pleo_proxy_auth_retries_total counter
 pleo_proxy_auth_retries_total{result="failed"} 0
 pleo_proxy_auth_retries_total{result="not_replayable"} 0
@@ -280,8 +288,8 @@ func TestLintAndHelp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(mfs) != 20 {
-		t.Errorf("gathered %d metric families, want 20", len(mfs))
+	if len(mfs) != 22 {
+		t.Errorf("gathered %d metric families, want 22", len(mfs))
 	}
 	for _, mf := range mfs {
 		if !strings.HasPrefix(mf.GetName(), "pleo_proxy_") {
@@ -332,6 +340,8 @@ func TestContract(t *testing.T) {
 		"pleo_proxy_in_flight_requests":               "gauge ",
 		"pleo_proxy_connects_total":                   "counter result",
 		"pleo_proxy_connect_failures_total":           "counter reason",
+		"pleo_proxy_client_connections":               "gauge ",
+		"pleo_proxy_client_connection_waits_total":    "counter ",
 	}
 	for name, w := range want {
 		if got[name] != w {

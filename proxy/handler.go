@@ -191,7 +191,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := h.now()
 	done := h.metrics.InFlight()
 	defer done()
-	x := &exchange{rw: recorder{ResponseWriter: w}}
+	x := &exchange{rw: recorder{ResponseWriter: w, limit: limitOf(r.Context())}}
 	x.st.requestID = x.requestID(r)
 	rw, st := &x.rw, &x.st
 	defer h.finish(rw, r, st, start)
@@ -352,16 +352,19 @@ func visibleASCII(s string) bool {
 	return true
 }
 
-// recorder captures the status for the access log and metrics; Unwrap lets the
+// recorder captures the status for the access log and metrics, and marks the response
+// "Connection: close" while the connection limit has a connection waiting; Unwrap lets the
 // ReverseProxy's ResponseController reach Flush on the real writer.
 type recorder struct {
 	http.ResponseWriter
 	status int
+	limit  *connLimit // nil when the connection is not limited
 }
 
 func (rw *recorder) WriteHeader(code int) {
 	if rw.status == 0 && code >= 200 {
 		rw.status = code
+		rw.limit.closeIfWaiting(rw.Header())
 	}
 	rw.ResponseWriter.WriteHeader(code)
 }
@@ -369,6 +372,7 @@ func (rw *recorder) WriteHeader(code int) {
 func (rw *recorder) Write(p []byte) (int, error) {
 	if rw.status == 0 {
 		rw.status = http.StatusOK
+		rw.limit.closeIfWaiting(rw.Header())
 	}
 	return rw.ResponseWriter.Write(p)
 }

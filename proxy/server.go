@@ -15,7 +15,8 @@ const (
 )
 
 // NewServer returns the data listener's http.Server for h, with explicit timeouts and header
-// limits and the standard library's own errors bridged to log.
+// limits and the standard library's own errors bridged to log. Served on a listener from
+// [LimitListener], it also makes room for waiting connections (see there).
 func NewServer(h http.Handler, log *slog.Logger) *http.Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -26,5 +27,7 @@ func NewServer(h http.Handler, log *slog.Logger) *http.Server {
 		IdleTimeout:       IdleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ConnState:         trackIdle,
+		ConnContext:       withLimitedConn,
 	}
 }

@@ -225,6 +225,10 @@ same checks.
 - name: PLEO_PROXY_UPSTREAM_MAX_CONNS
   value: {{ int64 $v.config.upstreamMaxConns | toString | quote }}
 {{- end }}
+{{- if not (kindIs "invalid" $v.config.maxClientConns) }}
+- name: PLEO_PROXY_MAX_CLIENT_CONNS
+  value: {{ int64 $v.config.maxClientConns | toString | quote }}
+{{- end }}
 {{- if not (kindIs "invalid" $v.config.cacheSize) }}
 - name: PLEO_PROXY_CACHE_SIZE
   value: {{ int64 $v.config.cacheSize | toString | quote }}
