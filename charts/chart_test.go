@@ -1010,6 +1010,7 @@ var contractMetrics = []string{
 	"pleo_proxy_store_reload_failures_total", "pleo_proxy_pending_token_writes", "pleo_proxy_in_flight_requests",
 	"pleo_proxy_refresh_lock_wait_seconds", "pleo_proxy_token_age_at_refresh_seconds",
 	"pleo_proxy_connects_total", "pleo_proxy_connect_failures_total",
+	"pleo_proxy_client_connections", "pleo_proxy_client_connection_waits_total",
 }
 
 func TestMonitoringFilesUseContractMetricNames(t *testing.T) {
