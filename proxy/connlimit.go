@@ -127,7 +127,9 @@ func trackIdle(c net.Conn, s http.ConnState) {
 		l.idle.pushBack(lc)
 	}
 	l.mu.Unlock()
-	if s == http.StateIdle {
+	// A waiter counts itself before it looks for an idle connection, so one pushed after
+	// its look is signalled here.
+	if s == http.StateIdle && l.waiting.Load() > 0 {
 		select {
 		case l.idled <- struct{}{}:
 		default:
