@@ -1,19 +1,12 @@
 package main
 
 import (
-	"bufio"
-	"context"
-	"encoding/json"
 	"errors"
-	"io"
 	"log/slog"
 	"math"
-	"os"
-	"os/exec"
 	"runtime/debug"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/KimMachineGun/automemlimit/memlimit"
 
@@ -86,34 +79,4 @@ func TestMemoryLimitInBinary(t *testing.T) {
 			}
 		})
 	}
-}
-
-// startDevSidecar starts the built binary with --dev on loopback ports chosen by the kernel,
-// the environment cleared but for PATH and env, and returns its start-up log line's fields.
-// The process is killed at cleanup.
-func startDevSidecar(t *testing.T, env ...string) map[string]any {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	t.Cleanup(cancel)
-	cmd := exec.CommandContext(ctx, binary(t), "serve", "--dev")
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "PLEO_PROXY_LOG_FORMAT=json",
-		"PLEO_PROXY_LISTEN_ADDR=127.0.0.1:0", "PLEO_PROXY_ADMIN_ADDR=127.0.0.1:0", "PLEO_PROXY_CONNECT_ADDR=127.0.0.1:0"}, env...)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	sc := bufio.NewScanner(stderr)
-	for sc.Scan() {
-		var line map[string]any
-		if json.Unmarshal(sc.Bytes(), &line) == nil && line["msg"] == "pleo-auth-proxy started" {
-			go func() { _, _ = io.Copy(io.Discard, stderr) }() // keep the pipe drained
-			return line
-		}
-	}
-	t.Fatalf("no start-up line (scan error %v)", sc.Err())
-	return nil
 }
