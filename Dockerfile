@@ -6,11 +6,11 @@
 #     --build-arg REVISION=$(git rev-parse HEAD) -t pleo-auth-proxy .
 #
 # The final image is distroless (no shell, no package manager) and runs as uid/gid 65532
-# (nonroot). The data listener defaults to 127.0.0.1:8080, which is right for a sidecar: only
-# containers of the same pod can reach it. To publish it (docker run -p 8080:8080, or the
-# chart's standalone mode), set PLEO_PROXY_LISTEN_ADDR=0.0.0.0:8080 and client tokens
+# (nonroot). The data listener defaults to 127.0.0.1:7380, which is right for a sidecar: only
+# containers of the same pod can reach it. To publish it (docker run -p 7380:7380, or the
+# chart's standalone mode), set PLEO_PROXY_LISTEN_ADDR=0.0.0.0:7380 and client tokens
 # (PLEO_PROXY_CLIENT_TOKENS_FILE); the sidecar refuses a non-loopback listener without them.
-# The admin listener (:9090: /metrics, /healthz, /readyz) is reachable from outside the
+# The admin listener (:7381: /metrics, /healthz, /readyz) is reachable from outside the
 # container by default.
 
 ARG GO_VERSION=1.26
@@ -58,7 +58,7 @@ COPY --from=build --chown=65532:65532 /out/var/lib/pleo-auth-proxy /var/lib/pleo
 
 USER 65532:65532
 VOLUME /var/lib/pleo-auth-proxy
-EXPOSE 8080 9090
+EXPOSE 7380 7381
 
 # Exits 0 when the admin listener's /healthz answers 200 (reads PLEO_PROXY_ADMIN_ADDR).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \

@@ -21,7 +21,7 @@ const (
 	devStandaloneCompany = "33333333-3333-4333-8333-333333333333"
 	devConnectCompany    = "44444444-4444-4444-8444-444444444444" // the mock's consent grants this one
 	devConnectTenant     = "new-erp-tenant"
-	devConnectAddr       = "127.0.0.1:8081"
+	devConnectAddr       = "127.0.0.1:7382"
 	devRedirectURL       = "http://" + devConnectAddr + "/callback"
 	devAdminToken        = "dev-admin-token"
 	devAccessTTL         = 20 * time.Second
@@ -57,7 +57,7 @@ func (d *devPleo) environ() map[string]string {
 		"PLEO_PROXY_OAUTH_AUTHORIZE_URL": d.url + "/oauth/authorize",
 		"PLEO_PROXY_OAUTH_CLIENT_ID":     mockpleo.DefaultClientID,
 		"PLEO_PROXY_OAUTH_CLIENT_SECRET": mockpleo.DefaultClientSecret,
-		"PLEO_PROXY_ADMIN_ADDR":          "127.0.0.1:9090",
+		"PLEO_PROXY_ADMIN_ADDR":          "127.0.0.1:7381",
 		"PLEO_PROXY_ADMIN_TOKEN":         devAdminToken,
 		"PLEO_PROXY_REFRESH_BEFORE":      "5s",
 		"PLEO_PROXY_CONNECT_ADDR":        devConnectAddr,

@@ -351,7 +351,7 @@ func (b brokerStatus) StatusOf(c credentials.Credential) credentials.Status {
 func healthcheck(ctx context.Context, environ []string) error {
 	addr := config.Environ(environ)["PLEO_PROXY_ADMIN_ADDR"]
 	if addr == "" {
-		addr = ":9090"
+		addr = ":7381"
 	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {

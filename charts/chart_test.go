@@ -36,8 +36,8 @@ const (
 	helmModule   = "helm.sh/helm/v3/cmd/helm@v3.22.0"
 	secretsDir   = "/etc/pleo-auth-proxy/secrets"
 	dataDir      = "/var/lib/pleo-auth-proxy"
-	adminPort    = 9090
-	dataPort     = 8080
+	adminPort    = 7381
+	dataPort     = 7380
 	nonrootUID   = 65532
 	releaseName  = "ci-rel"
 	releaseNS    = "ci-ns"
@@ -1174,8 +1174,8 @@ func TestDockerfile(t *testing.T) {
 	if v := last("VOLUME"); v != dataDir {
 		t.Errorf("VOLUME %q, want %s", v, dataDir)
 	}
-	if e := last("EXPOSE"); !strings.Contains(e, "8080") || !strings.Contains(e, "9090") {
-		t.Errorf("EXPOSE %q, want 8080 and 9090", e)
+	if e := last("EXPOSE"); !strings.Contains(e, "7380") || !strings.Contains(e, "7381") {
+		t.Errorf("EXPOSE %q, want 7380 and 7381", e)
 	}
 	var build string
 	for _, in := range instrs {

@@ -174,8 +174,8 @@ type Config struct {
 type raw struct {
 	Environment           string `env:"ENVIRONMENT" envDefault:"production"`
 	UpstreamURL           string `env:"UPSTREAM_URL"`
-	ListenAddr            string `env:"LISTEN_ADDR" envDefault:"127.0.0.1:8080"`
-	AdminAddr             string `env:"ADMIN_ADDR" envDefault:":9090"`
+	ListenAddr            string `env:"LISTEN_ADDR" envDefault:"127.0.0.1:7380"`
+	AdminAddr             string `env:"ADMIN_ADDR" envDefault:":7381"`
 	Store                 string `env:"STORE" envDefault:"file:///var/lib/pleo-auth-proxy/credentials.json"`
 	EncryptionKey         string `env:"ENCRYPTION_KEY"`
 	EncryptionKeyFile     string `env:"ENCRYPTION_KEY_FILE"`
@@ -530,7 +530,7 @@ func (p *parser) hostPort(name, value string) string {
 	}
 	host, port, err := net.SplitHostPort(value)
 	if err != nil {
-		p.add(name, nil, "%q is not host:port (e.g. 127.0.0.1:8080 or :8080)", value)
+		p.add(name, nil, "%q is not host:port (e.g. 127.0.0.1:7380 or :7380)", value)
 		return ""
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
@@ -826,7 +826,7 @@ func isToken(s string) bool {
 }
 
 // ListenIsLoopback reports whether the data listener's host is a loopback address
-// (127.0.0.0/8, ::1 or "localhost"). An empty host (":8080") listens everywhere: not loopback.
+// (127.0.0.0/8, ::1 or "localhost"). An empty host (":7380") listens everywhere: not loopback.
 func (c *Config) ListenIsLoopback() bool {
 	host, _, err := net.SplitHostPort(c.ListenAddr)
 	return err == nil && isLoopbackHost(host)

@@ -67,8 +67,8 @@ func defaults(environment, upstream, auth string) *Config {
 	return &Config{
 		Environment:       environment,
 		UpstreamURL:       mustURL(upstream),
-		ListenAddr:        "127.0.0.1:8080",
-		AdminAddr:         ":9090",
+		ListenAddr:        "127.0.0.1:7380",
+		AdminAddr:         ":7381",
 		Store:             "file:///var/lib/pleo-auth-proxy/credentials.json",
 		OAuthTokenURL:     mustURL(auth + "/oauth/token"),
 		OAuthAuthorizeURL: mustURL(auth + "/oauth/authorize"),
@@ -143,8 +143,8 @@ func TestParseValues(t *testing.T) {
 		"PLEO_PROXY_OAUTH_TOKEN_URL":     "https://mock.example:8443/token",
 		"PLEO_PROXY_OAUTH_AUTHORIZE_URL": "https://mock.example:8443/authorize",
 		"PLEO_PROXY_OAUTH_SCOPES":        "users:read, expenses:read expenses:read,,",
-		"PLEO_PROXY_OAUTH_REDIRECT_URL":  "http://localhost:8081/callback",
-		"PLEO_PROXY_CONNECT_ADDR":        ":8081",
+		"PLEO_PROXY_OAUTH_REDIRECT_URL":  "http://localhost:7382/callback",
+		"PLEO_PROXY_CONNECT_ADDR":        ":7382",
 		"PLEO_PROXY_CONNECT_SUCCESS_URL": "https://app.example.com/pleo/connected",
 		"PLEO_PROXY_KEEPALIVE_INTERVAL":  "12h",
 		"PLEO_PROXY_COMPANY_HEADER":      "x-company",
@@ -182,8 +182,8 @@ func TestParseValues(t *testing.T) {
 		OAuthTokenURL:     mustURL("https://mock.example:8443/token"),
 		OAuthAuthorizeURL: mustURL("https://mock.example:8443/authorize"),
 		OAuthScopes:       []string{"users:read", "expenses:read"},
-		OAuthRedirectURL:  mustURL("http://localhost:8081/callback"),
-		ConnectAddr:       ":8081",
+		OAuthRedirectURL:  mustURL("http://localhost:7382/callback"),
+		ConnectAddr:       ":7382",
 		ConnectSuccessURL: mustURL("https://app.example.com/pleo/connected"),
 		KeepaliveInterval: 12 * time.Hour,
 		CompanyHeader:     "X-Company",
@@ -274,7 +274,7 @@ func TestParseProblems(t *testing.T) {
 		{"listen port too big", map[string]string{"PLEO_PROXY_LISTEN_ADDR": "127.0.0.1:70000"}, "LISTEN_ADDR", "port"},
 		{"listen named port", map[string]string{"PLEO_PROXY_LISTEN_ADDR": "127.0.0.1:http"}, "LISTEN_ADDR", "port"},
 		{"listen empty", map[string]string{"PLEO_PROXY_LISTEN_ADDR": ""}, "LISTEN_ADDR", "set but empty"},
-		{"admin no port", map[string]string{"PLEO_PROXY_ADMIN_ADDR": "9090"}, "ADMIN_ADDR", "host:port"},
+		{"admin no port", map[string]string{"PLEO_PROXY_ADMIN_ADDR": "7381"}, "ADMIN_ADDR", "host:port"},
 		{"admin empty", map[string]string{"PLEO_PROXY_ADMIN_ADDR": ""}, "ADMIN_ADDR", "set but empty"},
 
 		{"store scheme", map[string]string{"PLEO_PROXY_STORE": "s3://bucket/creds.json"}, "STORE", "must start with file://"},
@@ -312,9 +312,9 @@ func TestParseProblems(t *testing.T) {
 		{"connect not host:port", map[string]string{"PLEO_PROXY_CONNECT_ADDR": "localhost"}, "CONNECT_ADDR", "host:port"},
 		{"success URL over http", map[string]string{"PLEO_PROXY_CONNECT_SUCCESS_URL": "http://app.example.com/done"}, "CONNECT_SUCCESS_URL", "must use https"},
 		{"success URL not absolute", map[string]string{"PLEO_PROXY_CONNECT_SUCCESS_URL": "/done"}, "CONNECT_SUCCESS_URL", "absolute"},
-		{"connect without client id", map[string]string{"PLEO_PROXY_CONNECT_ADDR": ":8081"}, "OAUTH_CLIENT_ID", "required when PLEO_PROXY_CONNECT_ADDR"},
-		{"connect without client secret", map[string]string{"PLEO_PROXY_CONNECT_ADDR": ":8081"}, "OAUTH_CLIENT_SECRET", "required when PLEO_PROXY_CONNECT_ADDR"},
-		{"connect without redirect", map[string]string{"PLEO_PROXY_CONNECT_ADDR": ":8081"}, "OAUTH_REDIRECT_URL", "required when PLEO_PROXY_CONNECT_ADDR"},
+		{"connect without client id", map[string]string{"PLEO_PROXY_CONNECT_ADDR": ":7382"}, "OAUTH_CLIENT_ID", "required when PLEO_PROXY_CONNECT_ADDR"},
+		{"connect without client secret", map[string]string{"PLEO_PROXY_CONNECT_ADDR": ":7382"}, "OAUTH_CLIENT_SECRET", "required when PLEO_PROXY_CONNECT_ADDR"},
+		{"connect without redirect", map[string]string{"PLEO_PROXY_CONNECT_ADDR": ":7382"}, "OAUTH_REDIRECT_URL", "required when PLEO_PROXY_CONNECT_ADDR"},
 
 		{"keepalive zero", map[string]string{"PLEO_PROXY_KEEPALIVE_INTERVAL": "0s"}, "KEEPALIVE_INTERVAL", "more than 0"},
 		{"keepalive no unit", map[string]string{"PLEO_PROXY_KEEPALIVE_INTERVAL": "24"}, "KEEPALIVE_INTERVAL", "not a duration"},
@@ -362,14 +362,14 @@ func TestParseProblems(t *testing.T) {
 		{"store poll zero", map[string]string{"PLEO_PROXY_STORE_POLL_INTERVAL": "0s"}, "STORE_POLL_INTERVAL", "more than 0"},
 		{"pprof not a bool", map[string]string{"PLEO_PROXY_ENABLE_PPROF": "maybe"}, "ENABLE_PPROF", "not true or false"},
 
-		{"unknown variable", map[string]string{"PLEO_PROXY_LISTEN_ADR": "127.0.0.1:8080"}, "LISTEN_ADR", "did you mean PLEO_PROXY_LISTEN_ADDR?"},
+		{"unknown variable", map[string]string{"PLEO_PROXY_LISTEN_ADR": "127.0.0.1:7380"}, "LISTEN_ADR", "did you mean PLEO_PROXY_LISTEN_ADDR?"},
 		{"unknown variable far from any", map[string]string{"PLEO_PROXY_WHATEVER": "1"}, "WHATEVER", "not a variable this sidecar reads"},
 
-		{"all interfaces without tokens", map[string]string{"PLEO_PROXY_LISTEN_ADDR": "0.0.0.0:8080"}, "CLIENT_TOKENS", "not a loopback address"},
-		{"empty host without tokens", map[string]string{"PLEO_PROXY_LISTEN_ADDR": ":8080"}, "CLIENT_TOKENS", "not a loopback address"},
-		{"ipv6 any without tokens", map[string]string{"PLEO_PROXY_LISTEN_ADDR": "[::]:8080"}, "CLIENT_TOKENS", "not a loopback address"},
-		{"pod ip without tokens", map[string]string{"PLEO_PROXY_LISTEN_ADDR": "10.1.2.3:8080"}, "CLIENT_TOKENS", "not a loopback address"},
-		{"host name without tokens", map[string]string{"PLEO_PROXY_LISTEN_ADDR": "proxy.internal:8080"}, "CLIENT_TOKENS", "not a loopback address"},
+		{"all interfaces without tokens", map[string]string{"PLEO_PROXY_LISTEN_ADDR": "0.0.0.0:7380"}, "CLIENT_TOKENS", "not a loopback address"},
+		{"empty host without tokens", map[string]string{"PLEO_PROXY_LISTEN_ADDR": ":7380"}, "CLIENT_TOKENS", "not a loopback address"},
+		{"ipv6 any without tokens", map[string]string{"PLEO_PROXY_LISTEN_ADDR": "[::]:7380"}, "CLIENT_TOKENS", "not a loopback address"},
+		{"pod ip without tokens", map[string]string{"PLEO_PROXY_LISTEN_ADDR": "10.1.2.3:7380"}, "CLIENT_TOKENS", "not a loopback address"},
+		{"host name without tokens", map[string]string{"PLEO_PROXY_LISTEN_ADDR": "proxy.internal:7380"}, "CLIENT_TOKENS", "not a loopback address"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -397,7 +397,7 @@ func TestParseProblems(t *testing.T) {
 func TestParseReportsEveryProblem(t *testing.T) {
 	errs, lines := problems(t, map[string]string{
 		"PLEO_PROXY_ENVIRONMENT":      "prod",
-		"PLEO_PROXY_LISTEN_ADDR":      "0.0.0.0:8080",
+		"PLEO_PROXY_LISTEN_ADDR":      "0.0.0.0:7380",
 		"PLEO_PROXY_STORE":            "",
 		"PLEO_PROXY_ENCRYPTION_KEY":   "short",
 		"PLEO_PROXY_REFRESH_BEFORE":   "abc",
@@ -440,7 +440,7 @@ func TestParseFileVariants(t *testing.T) {
 		"PLEO_PROXY_OAUTH_CLIENT_SECRET_FILE": writeFile(t, "client-secret", "s3cret value \n"),
 		"PLEO_PROXY_ADMIN_TOKEN_FILE":         writeFile(t, "admin", "admin-token\r\n"),
 		"PLEO_PROXY_CLIENT_TOKENS_FILE":       writeFile(t, "clients", "tok-1\ntok-2, tok-3\n\n"),
-		"PLEO_PROXY_LISTEN_ADDR":              ":8080",
+		"PLEO_PROXY_LISTEN_ADDR":              ":7380",
 	}
 	cfg, err := Parse(environ)
 	if err != nil {
@@ -465,17 +465,17 @@ func TestListenIsLoopback(t *testing.T) {
 		addr string
 		want bool
 	}{
-		{"127.0.0.1:8080", true},
-		{"127.1.2.3:8080", true},
-		{"[::1]:8080", true},
-		{"localhost:8080", true},
-		{"LOCALHOST:8080", true},
-		{"[::ffff:127.0.0.1]:8080", true},
-		{":8080", false},
-		{"0.0.0.0:8080", false},
-		{"[::]:8080", false},
-		{"10.0.0.1:8080", false},
-		{"localhost.example.com:8080", false},
+		{"127.0.0.1:7380", true},
+		{"127.1.2.3:7380", true},
+		{"[::1]:7380", true},
+		{"localhost:7380", true},
+		{"LOCALHOST:7380", true},
+		{"[::ffff:127.0.0.1]:7380", true},
+		{":7380", false},
+		{"0.0.0.0:7380", false},
+		{"[::]:7380", false},
+		{"10.0.0.1:7380", false},
+		{"localhost.example.com:7380", false},
 		{"not an address", false},
 	}
 	for _, tt := range tests {
@@ -488,13 +488,13 @@ func TestListenIsLoopback(t *testing.T) {
 func TestParseIgnoresKubernetesServiceLinks(t *testing.T) {
 	_, err := Parse(map[string]string{
 		"PLEO_PROXY_SERVICE_HOST":        "10.0.0.7",
-		"PLEO_PROXY_SERVICE_PORT":        "8080",
-		"PLEO_PROXY_SERVICE_PORT_HTTP":   "8080",
-		"PLEO_PROXY_PORT":                "tcp://10.0.0.7:8080",
-		"PLEO_PROXY_PORT_8080_TCP":       "tcp://10.0.0.7:8080",
-		"PLEO_PROXY_PORT_8080_TCP_PROTO": "tcp",
-		"PLEO_PROXY_PORT_8080_TCP_PORT":  "8080",
-		"PLEO_PROXY_PORT_8080_TCP_ADDR":  "10.0.0.7",
+		"PLEO_PROXY_SERVICE_PORT":        "7380",
+		"PLEO_PROXY_SERVICE_PORT_HTTP":   "7380",
+		"PLEO_PROXY_PORT":                "tcp://10.0.0.7:7380",
+		"PLEO_PROXY_PORT_7380_TCP":       "tcp://10.0.0.7:7380",
+		"PLEO_PROXY_PORT_7380_TCP_PROTO": "tcp",
+		"PLEO_PROXY_PORT_7380_TCP_PORT":  "7380",
+		"PLEO_PROXY_PORT_7380_TCP_ADDR":  "10.0.0.7",
 	})
 	if err != nil {
 		t.Errorf("Parse: %v", err)
@@ -614,7 +614,7 @@ func TestConfigNeverPrintsSecrets(t *testing.T) {
 		"PLEO_PROXY_OAUTH_CLIENT_SECRET": "oauth-client-secret-value",
 		"PLEO_PROXY_ADMIN_TOKEN":         "admin-token-value",
 		"PLEO_PROXY_CLIENT_TOKENS":       "client-token-one,client-token-two",
-		"PLEO_PROXY_LISTEN_ADDR":         "0.0.0.0:8080",
+		"PLEO_PROXY_LISTEN_ADDR":         "0.0.0.0:7380",
 	})
 	if err != nil {
 		t.Fatalf("Parse: %v", err)

@@ -26,7 +26,7 @@ const (
 	testSecret   = "s3cret/+&="
 	companyA     = "5a1c0a4e-6f1b-4c52-9a39-0d1f6d2b8e01"
 	companyB     = "9d2e7c1a-3b4f-4e6a-8c2d-1f0e9a8b7c6d"
-	redirectURI  = "http://127.0.0.1:8081/callback"
+	redirectURI  = "http://127.0.0.1:7382/callback"
 	goodVerifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk-long-enough"
 )
 
@@ -930,7 +930,7 @@ func TestConsentCompanyAndRegisteredRedirects(t *testing.T) {
 
 	// Registered redirect URIs match exactly.
 	m.SetRedirectURIs(redirectURI)
-	for _, other := range []string{redirectURI + "/", "http://127.0.0.1:8082/callback", "http://localhost:8081/callback"} {
+	for _, other := range []string{redirectURI + "/", "http://127.0.0.1:8082/callback", "http://localhost:7382/callback"} {
 		p := authParams(goodVerifier)
 		p.Set("redirect_uri", other)
 		if status, _, _ := e.authorize(t, p); status != http.StatusBadRequest {

@@ -39,7 +39,7 @@ func runBench(b *testing.B, h http.Handler, header http.Header) {
 	b.RunParallel(func(pb *testing.PB) {
 		w := &discardWriter{h: make(http.Header)}
 		for pb.Next() {
-			req := httptest.NewRequest("GET", "http://127.0.0.1:8080/v1/export-jobs?status=done", nil)
+			req := httptest.NewRequest("GET", "http://127.0.0.1:7380/v1/export-jobs?status=done", nil)
 			for k, v := range header {
 				req.Header[k] = v
 			}

@@ -115,7 +115,7 @@ func FuzzRewrite(f *testing.F) {
 		if err != nil {
 			return
 		}
-		r := httptest.NewRequest("GET", "http://127.0.0.1:8080/", nil)
+		r := httptest.NewRequest("GET", "http://127.0.0.1:7380/", nil)
 		r.URL = u
 		r.RequestURI = target
 		r.Host = host

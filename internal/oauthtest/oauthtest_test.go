@@ -407,13 +407,13 @@ func TestPKCE(t *testing.T) {
 
 func TestRedirectURIAndScopesAreStrict(t *testing.T) {
 	s := oauthtest.NewServer(t, oauthtest.Options{
-		RedirectURIs: []string{"http://127.0.0.1:8080/cb"},
+		RedirectURIs: []string{"http://127.0.0.1:7380/cb"},
 		Scopes:       []string{"export-jobs:read"},
 	})
 	pk := url.Values{
 		"code_challenge":        {xoauth2.S256ChallengeFromVerifier(xoauth2.GenerateVerifier())},
 		"code_challenge_method": {"S256"},
-		"redirect_uri":          {"http://127.0.0.1:8080/cb"},
+		"redirect_uri":          {"http://127.0.0.1:7380/cb"},
 	}
 	if q := authorize(t, s, pk); q.Get("code") == "" {
 		t.Fatalf("registered redirect: %v", q)
