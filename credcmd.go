@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -17,6 +16,7 @@ import (
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/config"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/connect"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/outbound"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/proxy"
 )
 
@@ -305,7 +305,7 @@ func (c *credCmd) discoverCompany(key credentials.Secret) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	client := &http.Client{Timeout: cfg.UpstreamTimeout, Transport: proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)}
+	client := outbound.NewClient(proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns), cfg.UpstreamTimeout)
 	id, err := connect.LookupCompany(c.ctx, client, cfg.UpstreamURL, credentials.Secret(credentials.BasicAuthorization(key.Reveal())))
 	if err != nil {
 		var le *connect.LookupError

@@ -24,6 +24,7 @@ import (
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/connect"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/metrics"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/outbound"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/proxy"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/redact"
 )
@@ -146,6 +147,8 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		Logger:            log,
 		Metrics:           m,
 		Secrets:           secrets,
+		// The token endpoint is reached under the same outbound policy as the upstream.
+		HTTPClient: outbound.NewClient(outbound.NewTransport(outbound.Options{ResponseHeaderTimeout: cfg.TokenTimeout}), cfg.TokenTimeout),
 	})
 	if err != nil {
 		return err
@@ -299,7 +302,7 @@ func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store
 		Upstream:     cfg.UpstreamURL,
 		Store:        store,
 		StateKeys:    cfg.EncryptionKeys,
-		HTTPClient:   &http.Client{Timeout: cfg.TokenTimeout, Transport: proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)},
+		HTTPClient:   outbound.NewClient(proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns), cfg.TokenTimeout),
 		Logger:       logger.With("listener", "connect"),
 		Metrics:      m,
 		Secrets:      secrets,
@@ -366,7 +369,7 @@ func healthcheck(ctx context.Context, environ []string) error {
 	if err != nil {
 		return err
 	}
-	resp, err := (&http.Client{}).Do(req)
+	resp, err := outbound.NewClient(nil, 0).Do(req)
 	if err != nil {
 		return fmt.Errorf("healthcheck: %w", err)
 	}

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/metrics"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/outbound"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/redact"
 )
 
@@ -48,7 +49,8 @@ type BrokerOptions struct {
 	// OAuth is the client used to refresh tokens; without a ClientID, OAuth credentials cannot
 	// be refreshed (requests answer token_endpoint_error once their token expires).
 	OAuth OAuthClient
-	// HTTPClient calls the token endpoint (default: a client that never follows redirects).
+	// HTTPClient calls the token endpoint (default: outbound.NewClient, which never follows
+	// redirects and ignores proxies from the environment).
 	HTTPClient *http.Client
 	// RefreshBefore is how long before expiry a token is refreshed (default 60s; 0 allowed).
 	RefreshBefore time.Duration
@@ -154,10 +156,7 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.HTTPClient == nil {
-		opts.HTTPClient = &http.Client{
-			Timeout:       opts.TokenTimeout,
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		}
+		opts.HTTPClient = outbound.NewClient(outbound.NewTransport(outbound.Options{ResponseHeaderTimeout: opts.TokenTimeout}), opts.TokenTimeout)
 	}
 	cache, err := lru.New[string, *entry](opts.CacheSize)
 	if err != nil {
