@@ -1,0 +1,417 @@
+package proxy_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/metrics"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/proxy"
+)
+
+// wireServer serves a handler over the fixture's upstream and store through proxy.NewServer,
+// the data listener's real http.Server, and returns its address.
+func wireServer(t *testing.T, f *fixture, mutate func(*proxy.Options)) string {
+	t.Helper()
+	u, _ := url.Parse(f.upstream.URL)
+	broker, err := credentials.NewBroker(credentials.BrokerOptions{Store: f.store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(broker.Close)
+	opts := proxy.Options{Upstream: u, Authorizer: broker, Tenants: broker, MaxReplayBytes: 1 << 20}
+	if mutate != nil {
+		mutate(&opts)
+	}
+	h, err := proxy.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := proxy.NewServer(h, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
+}
+
+// rawClient is one HTTP/1.1 connection driven byte by byte.
+type rawClient struct {
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func rawDial(t *testing.T, addr string) *rawClient {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	return &rawClient{c: c, br: bufio.NewReader(c)}
+}
+
+func (rc *rawClient) write(t *testing.T, s string) {
+	t.Helper()
+	if _, err := io.WriteString(rc.c, s); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// read reads one response (an informational one included) with its body.
+func (rc *rawClient) read(t *testing.T) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.ReadResponse(rc.br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, string(body)
+}
+
+// TestRawTargetForwardedAsSent: Pleo receives the path and query exactly as sent, those
+// ReverseProxy would re-encode or drop included.
+func TestRawTargetForwardedAsSent(t *testing.T) {
+	got := make(chan string, 1)
+	f := newFixture(t, func(w http.ResponseWriter, r *http.Request) { got <- r.RequestURI })
+	addr := wireServer(t, f, nil)
+	for _, target := range []string{
+		"/v1/expenses?filter=name;eq;bob&page=2",
+		"/v1/expenses?search=50%off&page=2",
+		"/v1/expenses?z=9&bad=%zz&a=1",
+		"/v1/a%2Fb/a%2fb?q=a+b&q=%2B&q=c",
+		"/v1/caf\xc3\xa9/%C3%A9?name=caf\xc3\xa9",
+		"/v1/a\"b|c{d}?x=\"y\"",
+		"/v1/x?",
+		"/v1/x?a=1&a=2&b",
+	} {
+		rc := rawDial(t, addr)
+		rc.write(t, "GET "+target+" HTTP/1.1\r\nHost: a\r\nX-Pleo-Company-Id: "+companyA+"\r\nConnection: close\r\n\r\n")
+		if resp, body := rc.read(t); resp.StatusCode != 200 {
+			t.Fatalf("%q: %d %s", target, resp.StatusCode, body)
+		}
+		if uri := <-got; uri != target {
+			t.Errorf("sent %q, upstream received %q", target, uri)
+		}
+	}
+}
+
+// TestExpectContinueOnce: a caller that sends Expect: 100-continue sees one 100 Continue and
+// then the answer: with a buffered body, across the 401 retry, and with a streamed one.
+func TestExpectContinueOnce(t *testing.T) {
+	body := strings.Repeat("b", 100)
+	cases := []struct {
+		name      string
+		maxReplay int64
+		rotate    bool // the upstream answers 401 once, after the key was rotated in the store
+	}{
+		{"buffered", 1 << 20, false},
+		{"buffered with the 401 retry", 1 << 20, true},
+		{"streamed", 10, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var f *fixture
+			var once sync.Once
+			f = newFixture(t, func(w http.ResponseWriter, r *http.Request) {
+				// newFixture's upstream read the body already, which made Go's server send
+				// its 100 Continue if the request still carried Expect.
+				if !tc.rotate {
+					return
+				}
+				rejected := false
+				once.Do(func() {
+					rejected = true
+					c, _ := f.store.Get(r.Context(), companyA)
+					c.APIKey = "key-a-rotated"
+					if _, err := f.store.Update(r.Context(), c); err != nil {
+						t.Error(err)
+					}
+				})
+				if rejected {
+					w.WriteHeader(http.StatusUnauthorized)
+				}
+			})
+			addr := wireServer(t, f, func(o *proxy.Options) { o.MaxReplayBytes = tc.maxReplay })
+			rc := rawDial(t, addr)
+			rc.write(t, "POST /v1/x HTTP/1.1\r\nHost: a\r\nX-Pleo-Company-Id: "+companyA+
+				"\r\nExpect: 100-continue\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n")
+			resp, _ := rc.read(t)
+			if resp.StatusCode != http.StatusContinue {
+				t.Fatalf("first response %d, want 100", resp.StatusCode)
+			}
+			rc.write(t, body)
+			resp, got := rc.read(t)
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("after the body: %d %q, want 200 (a second 100 Continue is one too many)", resp.StatusCode, got)
+			}
+			// Nothing else follows on the connection: a second request reads its own answer.
+			rc.write(t, "GET /v1/next HTTP/1.1\r\nHost: a\r\nX-Pleo-Company-Id: "+companyA+"\r\n\r\n")
+			if resp, got := rc.read(t); resp.StatusCode != 200 {
+				t.Fatalf("next request on the connection: %d %q", resp.StatusCode, got)
+			}
+			reqs := f.received()
+			if reqs[len(reqs)-1].Path != "/v1/next" {
+				t.Fatalf("upstream got %+v", reqs)
+			}
+			last := reqs[len(reqs)-2] // the POST's last attempt
+			if last.Body != body {
+				t.Fatalf("upstream got body %q", last.Body)
+			}
+			if tc.maxReplay > int64(len(body)) {
+				for _, r := range reqs {
+					if r.Header.Get("Expect") != "" {
+						t.Fatalf("a buffered body's Expect went upstream: %v", r.Header)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestCompanyQueryReadAsUpstreamReadsIt: every encoding of company_id counts for selection; a
+// query that cannot be read unambiguously and names a company is refused, never forwarded.
+func TestCompanyQueryReadAsUpstreamReadsIt(t *testing.T) {
+	hdrA := "X-Pleo-Company-Id: " + companyA + "\r\n"
+	cases := []struct {
+		name, query, header string
+		dflt                string
+		status              int
+		code                string
+		wantKey             string // the key forwarded, for a 200
+	}{
+		{"encoded underscore against the header", "company%5Fid=" + companyB, hdrA, "", 400, "company_mismatch", ""},
+		{"encoded letter against the header", "%63ompany_id=" + companyB, hdrA, "", 400, "company_mismatch", ""},
+		{"encoded key against the tenant", "company%5fid=" + companyB, "X-Tenant-Id: tenant-a\r\n", "", 400, "company_mismatch", ""},
+		{"encoded key over the default", "company%5Fid=" + companyB, "", companyA, 200, "", keyB},
+		{"other case against the header", "Company_ID=" + companyB, hdrA, "", 400, "company_mismatch", ""},
+		{"two companies", "company_id=" + companyA + "&company%5Fid=" + companyB, "", "", 400, "company_mismatch", ""},
+		{"semicolon with company_id", "company_id=" + companyA + ";x=1", "", "", 400, "company_invalid", ""},
+		{"company_id after a semicolon", "filter=x;company_id=" + companyB, hdrA, "", 400, "company_invalid", ""},
+		{"bad escape in a company key", "company_id%zz=" + companyB, hdrA, "", 400, "company_invalid", ""},
+		{"bad escape in the value", "company_id=%zz", hdrA, "", 400, "company_invalid", ""},
+		{"semicolon without a company", "filter=name;eq;bob&page=2", hdrA, "", 200, "", keyA},
+		{"bad escape elsewhere", "search=50%off&company_id=" + companyA, "", "", 200, "", keyA},
+		{"encoded value", "company_id=" + strings.Replace(companyA, "-", "%2D", 1), "", "", 200, "", keyA},
+		{"plain", "company_id=" + companyB, "", "", 200, "", keyB},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, nil)
+			addr := wireServer(t, f, func(o *proxy.Options) { o.DefaultCompanyID = tc.dflt })
+			rc := rawDial(t, addr)
+			rc.write(t, "GET /v1/x?"+tc.query+" HTTP/1.1\r\nHost: a\r\n"+tc.header+"Connection: close\r\n\r\n")
+			resp, body := rc.read(t)
+			if resp.StatusCode != tc.status {
+				t.Fatalf("%d %s, want %d", resp.StatusCode, body, tc.status)
+			}
+			got := f.received()
+			if tc.status != 200 {
+				var p problemDoc
+				if err := json.Unmarshal([]byte(body), &p); err != nil || p.Code != tc.code || resp.Header.Get("Proxy-Status") == "" {
+					t.Fatalf("problem %s (%v), want code %s", body, err, tc.code)
+				}
+				if len(got) != 0 {
+					t.Fatalf("forwarded: %+v", got)
+				}
+				return
+			}
+			if len(got) != 1 || got[0].Header.Get("Authorization") != basic(tc.wantKey) || got[0].RawQuery != tc.query {
+				t.Fatalf("forwarded %+v, want key %s and query %q", got, tc.wantKey, tc.query)
+			}
+		})
+	}
+}
+
+func basic(key string) string { return credentials.BasicAuthorization(key) }
+
+// TestHTTP2CleartextServed: HTTP/2 with prior knowledge is served as HTTP/2; its preface is
+// never forwarded, not even with a default company.
+func TestHTTP2CleartextServed(t *testing.T) {
+	f := newFixture(t, nil)
+	addr := wireServer(t, f, func(o *proxy.Options) { o.DefaultCompanyID = companyA })
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	client := &http.Client{Transport: &http.Transport{Protocols: &protocols}, Timeout: 10 * time.Second}
+	for i := range 2 {
+		resp, err := client.Post("http://"+addr+"/v1/h2?n="+strconv.Itoa(i), "text/plain", strings.NewReader("h2 body"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.ProtoMajor != 2 || string(body) != "ok POST /v1/h2" {
+			t.Fatalf("%s %d %q", resp.Proto, resp.StatusCode, body)
+		}
+	}
+	// The bare preface, as a client that gives up after it would send.
+	rc := rawDial(t, addr)
+	rc.write(t, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+	_ = rc.c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	_, _ = io.Copy(io.Discard, rc.c)
+	// PRI as an HTTP/1 method is refused.
+	rc = rawDial(t, addr)
+	rc.write(t, "PRI /v1/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+	if resp, body := rc.read(t); resp.StatusCode != 405 || !strings.Contains(body, "method_not_allowed") {
+		t.Fatalf("PRI over HTTP/1.1: %d %s", resp.StatusCode, body)
+	}
+	for _, r := range f.received() {
+		if r.Method != http.MethodPost || r.Path != "/v1/h2" || r.Body != "h2 body" {
+			t.Fatalf("the upstream received %s %s %q", r.Method, r.Path, r.Body)
+		}
+	}
+	if n := len(f.received()); n != 2 {
+		t.Fatalf("the upstream received %d requests, want 2", n)
+	}
+}
+
+// TestUpgradeRefused: a protocol upgrade is answered by the sidecar, never forwarded.
+func TestUpgradeRefused(t *testing.T) {
+	f := newFixture(t, nil)
+	addr := wireServer(t, f, nil)
+	for _, up := range []string{
+		"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+		"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+	} {
+		rc := rawDial(t, addr)
+		rc.write(t, "GET /v1/x HTTP/1.1\r\nHost: a\r\nX-Pleo-Company-Id: "+companyA+"\r\n"+up+"\r\n")
+		resp, body := rc.read(t)
+		if resp.StatusCode != http.StatusNotImplemented || resp.Header.Get("Content-Type") != "application/problem+json" ||
+			!strings.Contains(resp.Header.Get("Proxy-Status"), "upgrade_not_supported") {
+			t.Fatalf("%q: %d %v %s", up, resp.StatusCode, resp.Header, body)
+		}
+	}
+	if got := f.received(); len(got) != 0 {
+		t.Fatalf("forwarded: %+v", got)
+	}
+}
+
+// TestOversizedHeadIsAProblem: a request line or header beyond the limit gets the sidecar's
+// own 431, on a new connection and on a reused one alike.
+func TestOversizedHeadIsAProblem(t *testing.T) {
+	f := newFixture(t, nil)
+	addr := wireServer(t, f, nil)
+	longURL := "/v1/x?q=" + strings.Repeat("a", 70_000)
+	longHeader := "X-Big: " + strings.Repeat("a", 70_000) + "\r\n"
+	check := func(t *testing.T, rc *rawClient, what string) {
+		t.Helper()
+		resp, body := rc.read(t)
+		var p problemDoc
+		_ = json.Unmarshal([]byte(body), &p)
+		if resp.StatusCode != 431 || resp.Header.Get("Content-Type") != "application/problem+json" || p.Code != "request_header_too_large" ||
+			!strings.HasPrefix(resp.Header.Get("Proxy-Status"), "pleo-auth-proxy") {
+			t.Fatalf("%s: %d %v %.200s", what, resp.StatusCode, resp.Header, body)
+		}
+	}
+	for _, c := range []struct{ name, target, header string }{
+		{"long URL", longURL, ""},
+		{"long header", "/v1/x", longHeader},
+	} {
+		rc := rawDial(t, addr)
+		rc.write(t, "GET "+c.target+" HTTP/1.1\r\nHost: a\r\nX-Pleo-Company-Id: "+companyA+"\r\n"+c.header+"\r\n")
+		check(t, rc, c.name+" on a new connection")
+
+		rc = rawDial(t, addr)
+		rc.write(t, "GET /v1/first HTTP/1.1\r\nHost: a\r\nX-Pleo-Company-Id: "+companyA+"\r\n\r\n")
+		if resp, _ := rc.read(t); resp.StatusCode != 200 {
+			t.Fatalf("first request: %d", resp.StatusCode)
+		}
+		rc.write(t, "GET "+c.target+" HTTP/1.1\r\nHost: a\r\nX-Pleo-Company-Id: "+companyA+"\r\n"+c.header+"\r\n")
+		check(t, rc, c.name+" on a reused connection")
+	}
+	for _, r := range f.received() {
+		if r.Path != "/v1/first" {
+			t.Fatalf("forwarded %s", r.Path)
+		}
+	}
+}
+
+// TestCallerGoneMidResponseIs499: a caller that hangs up during a download is logged and
+// counted as 499, not as the 200 already sent.
+func TestCallerGoneMidResponseIs499(t *testing.T) {
+	stop := make(chan struct{})
+	defer close(stop)
+	f := newFixture(t, func(w http.ResponseWriter, r *http.Request) {
+		chunk := bytes.Repeat([]byte("d"), 32<<10)
+		for {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-stop:
+				return
+			case <-r.Context().Done():
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	})
+	logs := &syncBuffer{}
+	reg := prometheus.NewRegistry()
+	addr := wireServer(t, f, func(o *proxy.Options) {
+		o.Logger = slog.New(slog.NewJSONHandler(logs, nil))
+		o.Metrics = metrics.New(reg)
+	})
+	rc := rawDial(t, addr)
+	rc.write(t, "GET /v1/download HTTP/1.1\r\nHost: a\r\nX-Pleo-Company-Id: "+companyA+"\r\n\r\n")
+	resp, err := http.ReadResponse(rc.br, nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("%v %v", resp, err)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	rc.c.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var line map[string]any
+	for line == nil {
+		for l := range strings.SplitSeq(logs.String(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "request" && m["path"] == "/v1/download" {
+				line = m
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no access line: %s", logs.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if line["status"] != float64(499) {
+		t.Fatalf("access line %v, want status 499", line)
+	}
+	counts := gatherCounts(t, reg)
+	var n499, n200 float64
+	for series, v := range counts {
+		if strings.HasPrefix(series, "pleo_proxy_requests_total{") && strings.Contains(series, `code="499"`) {
+			n499 += v
+		}
+		if strings.HasPrefix(series, "pleo_proxy_requests_total{") && strings.Contains(series, `code="200"`) {
+			n200 += v
+		}
+	}
+	if n499 != 1 || n200 != 0 {
+		t.Fatalf("requests counted: 499 %v, 200 %v", n499, n200)
+	}
+}
