@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -413,5 +414,82 @@ func TestCallerGoneMidResponseIs499(t *testing.T) {
 	}
 	if n499 != 1 || n200 != 0 {
 		t.Fatalf("requests counted: 499 %v, 200 %v", n499, n200)
+	}
+}
+
+// TestSlowHeadersCannotHoldEverySlot: with every slot held by connections that send one
+// header line a second (a slowloris), an authenticated caller is served promptly: the
+// connections still reading their headers are closed to make room.
+func TestSlowHeadersCannotHoldEverySlot(t *testing.T) {
+	const max = 8
+	const token = "client-token-0123456789"
+	f := newFixture(t, nil, func(o *proxy.Options) { o.ClientTokens = []credentials.Secret{token} })
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := proxy.NewServer(f.proxy.Config.Handler, nil)
+	if srv.ReadHeaderTimeout != proxy.ClientTokenReadHeaderTimeout {
+		t.Fatalf("ReadHeaderTimeout %v with client tokens, want %v", srv.ReadHeaderTimeout, proxy.ClientTokenReadHeaderTimeout)
+	}
+	counts := &connCounts{}
+	go srv.Serve(proxy.LimitListener(ln, max, counts))
+	t.Cleanup(func() { srv.Close() })
+	addr := ln.Addr().String()
+
+	stop := make(chan struct{})
+	var slow sync.WaitGroup
+	t.Cleanup(func() { close(stop); slow.Wait() })
+	for i := range max {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		slow.Go(func() {
+			defer c.Close()
+			_, _ = io.WriteString(c, "GET /v1/slow HTTP/1.1\r\n")
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					return
+				case <-time.After(time.Second):
+				}
+				if _, err := io.WriteString(c, "X-Slow-"+strconv.Itoa(i)+": "+strconv.Itoa(n)+"\r\n"); err != nil {
+					return // closed by the server
+				}
+			}
+		})
+	}
+	// Every slow connection holds a slot.
+	for deadline := time.Now().Add(5 * time.Second); counts.open.Load() < max; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d slow connections served, want %d", counts.open.Load(), max)
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	done := make(chan error, 1)
+	go func() {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer c.Close()
+		_, _ = io.WriteString(c, "GET /v1/x HTTP/1.1\r\nHost: a\r\nProxy-Authorization: Bearer "+token+
+			"\r\nX-Pleo-Company-Id: "+companyA+"\r\nConnection: close\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err == nil && resp.StatusCode != 200 {
+			err = errors.New(resp.Status)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the authenticated caller was not served within 2 s while slow connections held every slot")
 	}
 }
