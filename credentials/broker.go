@@ -284,8 +284,8 @@ func (b *Broker) Authorize(ctx context.Context, companyID string) (Grant, error)
 
 // Reauthorize is called after the upstream answered 401 to rejected. For OAuth it refreshes,
 // unless the store already holds a newer token, which it adopts; for an API key it re-reads
-// the store. retry is true when the returned grant differs from rejected and is worth one
-// more attempt.
+// the store (asking a Reloader to look for changes first). retry is true when the returned
+// grant differs from rejected and is worth one more attempt.
 func (b *Broker) Reauthorize(ctx context.Context, companyID string, rejected Grant) (g Grant, retry bool, err error) {
 	if rejected.Type == OAuth2 {
 		e, err := b.refresh(ctx, companyID, TriggerUnauthorized, rejected)
@@ -300,6 +300,11 @@ func (b *Broker) Reauthorize(ctx context.Context, companyID string, rejected Gra
 		return e.grant, !e.grant.Same(rejected), nil
 	}
 	gen := b.gen.Load()
+	if r, ok := b.store.(Reloader); ok {
+		// A key rotated in the credentials file is read now, not at the next poll. A failed
+		// look leaves the last good copy, which Get reads.
+		_ = r.Reload(ctx)
+	}
 	c, err := b.store.Get(ctx, companyID)
 	if err != nil {
 		return Grant{}, false, storeErr(err)

@@ -10,7 +10,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -491,5 +493,66 @@ func TestSlowHeadersCannotHoldEverySlot(t *testing.T) {
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatal("the authenticated caller was not served within 2 s while slow connections held every slot")
+	}
+}
+
+// TestAPIKeyRotatedInFileUsedByRetry: the upstream rejects an API key that was just rotated
+// in the credentials file (replaced by rename, as an operator or a secret mount does); the
+// retry sends the new key at once, without waiting for the file store's poll.
+func TestAPIKeyRotatedInFileUsedByRetry(t *testing.T) {
+	dir := t.TempDir()
+	path := dir + "/credentials.json"
+	writeKey := func(key string) {
+		t.Helper()
+		doc := `{"credentials":[{"company_id":"` + companyA + `","type":"integrated_api_key","api_key":"` + key + `"}]}`
+		tmp := path + ".new"
+		if err := os.WriteFile(tmp, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeKey("key-old")
+	store, err := credentials.OpenFileStore(path, credentials.FileStoreOptions{PollInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	broker, err := credentials.NewBroker(credentials.BrokerOptions{Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(broker.Close)
+
+	var mu sync.Mutex
+	var sent []string
+	upstream := newFixture(t, func(w http.ResponseWriter, r *http.Request) {
+		auth := r.Header.Get("Authorization")
+		mu.Lock()
+		sent = append(sent, auth)
+		mu.Unlock()
+		if auth == basic("key-old") {
+			writeKey("key-new") // rotated while the request was out
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		if auth != basic("key-new") {
+			w.WriteHeader(http.StatusUnauthorized)
+		}
+	}).upstream
+	u, _ := url.Parse(upstream.URL)
+	h, err := proxy.New(proxy.Options{Upstream: u, Authorizer: broker, Tenants: broker, MaxReplayBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := httptest.NewRequest("POST", "/v1/x", strings.NewReader("body"))
+	req.Header.Set("X-Pleo-Company-Id", companyA)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	mu.Lock()
+	defer mu.Unlock()
+	if rec.Code != 200 || len(sent) != 2 || sent[1] != basic("key-new") {
+		t.Fatalf("status %d after %d attempts, want 200 after the retry with the new key", rec.Code, len(sent))
 	}
 }
