@@ -204,7 +204,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x := &exchange{rw: recorder{ResponseWriter: w, limit: limitOf(r.Context())}}
 	x.st.requestID = x.requestID(r)
 	rw, st := &x.rw, &x.st
-	defer h.finish(rw, r, st, start)
+	defer func() {
+		// ReverseProxy aborts with http.ErrAbortHandler when copying the response fails,
+		// the caller's side or the upstream's; the exchange is logged, then the panic goes on
+		// to net/http, which closes the connection.
+		v := recover()
+		h.finish(rw, r, st, start, v == http.ErrAbortHandler)
+		if v != nil {
+			panic(v)
+		}
+	}()
 
 	if r.Method == http.MethodConnect || r.Method == http.MethodTrace || r.Method == "PRI" {
 		h.writeProblem(rw, st, &Problem{Code: CodeMethodNotAllowed, Detail: r.Method + " is not forwarded"})
@@ -256,13 +265,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.rp.ServeHTTP(rw, out)
 }
 
-func (h *Handler) finish(rw *recorder, r *http.Request, st *requestState, start time.Time) {
+func (h *Handler) finish(rw *recorder, r *http.Request, st *requestState, start time.Time, aborted bool) {
 	d := h.now().Sub(start)
 	status := rw.status
 	if status == 0 {
 		status = http.StatusOK
 	}
-	if rw.writeFailed || r.Context().Err() != nil {
+	if rw.writeFailed || aborted && r.Context().Err() != nil {
 		// The caller went away before its answer was complete: whatever status was sent,
 		// the exchange did not finish (nginx's 499).
 		status = statusClientClosed

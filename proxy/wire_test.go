@@ -556,3 +556,34 @@ func TestAPIKeyRotatedInFileUsedByRetry(t *testing.T) {
 		t.Fatalf("status %d after %d attempts, want 200 after the retry with the new key", rec.Code, len(sent))
 	}
 }
+
+// TestHTTP2CleartextUnderTheConnectionLimit: an HTTP/2 connection holds one slot and, idle,
+// is closed to make room for a waiting one, as an HTTP/1.1 keep-alive connection is.
+func TestHTTP2CleartextUnderTheConnectionLimit(t *testing.T) {
+	l := limitedServer(t, 1, nil)
+	h2c := func() *http.Client {
+		var protocols http.Protocols
+		protocols.SetUnencryptedHTTP2(true)
+		return &http.Client{Transport: &http.Transport{Protocols: &protocols}, Timeout: 10 * time.Second}
+	}
+	get := func(c *http.Client) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", "http://"+l.addr+"/v1/x", nil)
+		req.Header.Set("X-Pleo-Company-Id", companyA)
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.ProtoMajor != 2 {
+			t.Fatalf("%s %d", resp.Proto, resp.StatusCode)
+		}
+	}
+	first, second := h2c(), h2c()
+	get(first)
+	get(first) // the same connection
+	get(second)
+	if n := l.counts.waited.Load(); n != 1 {
+		t.Fatalf("%d connections waited, want 1", n)
+	}
+}
