@@ -587,3 +587,51 @@ func TestHTTP2CleartextUnderTheConnectionLimit(t *testing.T) {
 		t.Fatalf("%d connections waited, want 1", n)
 	}
 }
+
+// TestExpectContinueStreamedLateUpstream: a streamed body's Expect goes upstream; when the
+// upstream is slower to answer 100 Continue than the transport waits, the body goes on, the
+// caller gets the sidecar's 100 Continue, and the upstream's late one is not relayed.
+func TestExpectContinueStreamedLateUpstream(t *testing.T) {
+	f := newFixture(t, nil)
+	// A raw upstream: it reads the head, waits past the transport's ExpectContinueTimeout
+	// (1 s), then sends its 100 Continue, reads the body and answers.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	gotBody := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		time.Sleep(1500 * time.Millisecond)
+		_, _ = io.WriteString(c, "HTTP/1.1 100 Continue\r\n\r\n")
+		b, _ := io.ReadAll(req.Body)
+		gotBody <- string(b)
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	}()
+	u, _ := url.Parse("http://" + ln.Addr().String())
+	addr := wireServer(t, f, func(o *proxy.Options) { o.Upstream = u; o.MaxReplayBytes = 10 })
+	body := strings.Repeat("s", 100)
+	rc := rawDial(t, addr)
+	rc.write(t, "POST /v1/x HTTP/1.1\r\nHost: a\r\nX-Pleo-Company-Id: "+companyA+
+		"\r\nExpect: 100-continue\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n")
+	if resp, _ := rc.read(t); resp.StatusCode != http.StatusContinue {
+		t.Fatalf("first response %d, want 100", resp.StatusCode)
+	}
+	rc.write(t, body)
+	if resp, got := rc.read(t); resp.StatusCode != http.StatusOK || got != "ok" {
+		t.Fatalf("after the body: %d %q, want 200 ok", resp.StatusCode, got)
+	}
+	if b := <-gotBody; b != body {
+		t.Fatalf("upstream got %q", b)
+	}
+}
