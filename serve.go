@@ -152,6 +152,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	}
 	defer broker.Close()
 
+	upstreamTransport := proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)
 	handler, err := proxy.New(proxy.Options{
 		Upstream:         cfg.UpstreamURL,
 		Authorizer:       broker,
@@ -161,7 +162,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		DefaultCompanyID: cfg.DefaultCompanyID,
 		ClientTokens:     clientTokens(cfg),
 		MaxReplayBytes:   cfg.MaxReplayBytes,
-		Transport:        proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns),
+		Transport:        upstreamTransport,
 		Logger:           log,
 		Metrics:          m,
 	})
@@ -180,6 +181,9 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 			}},
 		},
 		Credentials: brokerStatus{store, broker},
+		Remover: remover{store, &connect.Disconnector{Store: store, Grants: broker, Upstream: cfg.UpstreamURL,
+			Client: &http.Client{Timeout: cfg.UpstreamTimeout, Transport: upstreamTransport,
+				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}},
 		AdminToken:  cfg.AdminToken,
 		EnablePprof: cfg.EnablePprof,
 		Logger:      log,
@@ -345,6 +349,22 @@ func (b brokerStatus) List(ctx context.Context) ([]credentials.Credential, error
 
 func (b brokerStatus) StatusOf(c credentials.Credential) credentials.Status {
 	return b.broker.StatusOf(c)
+}
+
+// remover serves DELETE /credentials/{company_id}: a local delete, or a disconnect that
+// revokes at Pleo first.
+type remover struct {
+	store        credentials.Store
+	disconnector *connect.Disconnector
+}
+
+func (r remover) Delete(ctx context.Context, companyID string) error {
+	return r.store.Delete(ctx, companyID)
+}
+
+func (r remover) Disconnect(ctx context.Context, companyID string, force bool) (bool, error, error) {
+	got, err := r.disconnector.Disconnect(ctx, companyID, force)
+	return got.Revoked, got.RevokeErr, err
 }
 
 // healthcheck asks the admin listener's /healthz, for container health checks.
