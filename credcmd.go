@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/config"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/connect"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/events"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/proxy"
 )
 
@@ -274,8 +276,21 @@ func (c *credCmd) disconnect(args []string) error {
 		return err
 	}
 	defer broker.Close()
-	d := &connect.Disconnector{Store: store, Grants: broker, Client: client, Upstream: cfg.UpstreamURL}
+	notifier, err := newNotifier(cfg, store, slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		return err
+	}
+	d := &connect.Disconnector{Store: store, Grants: broker, Client: client, Upstream: cfg.UpstreamURL,
+		OnDisconnected: func(c credentials.Credential) { notifier.Notify(c, events.Disconnected) }}
 	got, err := d.Disconnect(c.ctx, id, *force)
+	defer func() {
+		// Tell PLEO_PROXY_EVENTS_URL, briefly: the credential is gone whatever it answers.
+		fctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
+		defer cancel()
+		if ferr := notifier.Flush(fctx); ferr != nil {
+			fmt.Fprintf(c.stdout, "warning: the disconnected event was not delivered to PLEO_PROXY_EVENTS_URL: %v\n", ferr)
+		}
+	}()
 	if err != nil {
 		if errors.Is(err, credentials.ErrNotFound) {
 			return fmt.Errorf("disconnect: no credential for company %s", id)

@@ -53,8 +53,11 @@ func TestCLIDisconnect(t *testing.T) {
 			"access_token": tok.AccessToken, "refresh_token": tok.RefreshToken, "expires_at": tok.Expiry.UTC().Format(time.RFC3339)})
 	}
 	doc, _ := json.Marshal(map[string]any{"credentials": records})
+	const eventsKey = "cli-events-signing-key-0123456789abcdef"
+	sink := newEventSink(t, eventsKey, 0)
 	env, _ := cliEnv(t, "")
-	env = append(env, "PLEO_PROXY_UPSTREAM_URL="+upstream.URL, "PLEO_PROXY_OAUTH_CLIENT_ID="+as.ClientID(),
+	env = append(env, "PLEO_PROXY_EVENTS_URL="+sink.srv.URL, "PLEO_PROXY_EVENTS_KEY="+eventsKey,
+		"PLEO_PROXY_UPSTREAM_URL="+upstream.URL, "PLEO_PROXY_OAUTH_CLIENT_ID="+as.ClientID(),
 		"PLEO_PROXY_OAUTH_CLIENT_SECRET="+as.ClientSecret(), "PLEO_PROXY_OAUTH_TOKEN_URL="+as.TokenURL())
 	mustCLI(t, env, string(doc), "credentials", "import", "-")
 
@@ -106,6 +109,11 @@ func TestCLIDisconnect(t *testing.T) {
 		if strings.Contains(out+stderr, s) {
 			t.Fatal("a secret was printed")
 		}
+	}
+
+	// One signed event per credential removed; none for the one kept.
+	if got, want := strings.Join(sink.summary(), ","), "disconnected "+companyA+",disconnected "+companyB; got != want {
+		t.Errorf("events %s, want %s", got, want)
 	}
 
 	// Bad command lines.
