@@ -219,9 +219,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.writeProblem(rw, st, &Problem{Code: CodeMethodNotAllowed, Detail: r.Method + " is not forwarded"})
 		return
 	}
-	if len(r.Header["Upgrade"]) > 0 {
-		h.writeProblem(rw, st, &Problem{Code: CodeUpgradeNotSupported, Detail: "protocol upgrades (Upgrade: h2c, websocket) are not forwarded; for HTTP/2 without TLS connect with prior knowledge"})
-		return
+	if up := r.Header["Upgrade"]; len(up) > 0 {
+		if !onlyH2C(up) {
+			h.writeProblem(rw, st, &Problem{Code: CodeUpgradeNotSupported, Detail: "protocol upgrades (Upgrade: websocket and the like) are not forwarded"})
+			return
+		}
+		// An offer to upgrade to HTTP/2 (Java's HttpClient makes it by default on http://)
+		// is declined as RFC 9113 allows: the request is served over HTTP/1.1, and the offer
+		// never goes upstream.
+		r.Header.Del("Upgrade")
+		r.Header.Del("Http2-Settings")
 	}
 	if n := requestHeadSize(r); n > MaxRequestHeadBytes {
 		h.writeProblem(rw, st, &Problem{Code: CodeRequestHeaderTooLarge, Detail: "the request line and header fields exceed " + strconv.Itoa(MaxRequestHeadBytes>>10) + " KiB"})
@@ -431,6 +438,18 @@ func (rw *recorder) Write(p []byte) (int, error) {
 }
 
 func (rw *recorder) Unwrap() http.ResponseWriter { return rw.ResponseWriter }
+
+// onlyH2C reports whether an Upgrade header offers nothing but HTTP/2 over cleartext.
+func onlyH2C(values []string) bool {
+	for _, v := range values {
+		for p := range strings.SplitSeq(v, ",") {
+			if !strings.EqualFold(strings.TrimSpace(p), "h2c") {
+				return false
+			}
+		}
+	}
+	return true
+}
 
 // continueGate lets the caller see at most one 100 Continue and each other 1xx status at
 // most once. net/http's server sends its own 100 Continue when the handler first reads a body

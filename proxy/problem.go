@@ -23,8 +23,9 @@ const (
 	CodeUpstreamUnreachable     Code = "upstream_unreachable"
 	CodeUpstreamTimeout         Code = "upstream_timeout"
 	CodeStoreUnavailable        Code = "store_unavailable"
-	// CodeUpgradeNotSupported refuses a request asking to switch protocols (Upgrade: h2c,
-	// websocket): Pleo's API has none, and the sidecar never forwards one.
+	// CodeUpgradeNotSupported refuses a request asking to switch protocols (Upgrade:
+	// websocket and the like; an h2c offer alone is declined and the request served):
+	// Pleo's API has none, and the sidecar never forwards one.
 	CodeUpgradeNotSupported Code = "upgrade_not_supported"
 	// CodeRequestHeaderTooLarge refuses a request whose request line and header fields
 	// exceed MaxRequestHeadBytes.

@@ -286,13 +286,16 @@ func TestHTTP2CleartextServed(t *testing.T) {
 	}
 }
 
-// TestUpgradeRefused: a protocol upgrade is answered by the sidecar, never forwarded.
+// TestUpgradeRefused: a protocol upgrade is answered by the sidecar, never forwarded; an
+// offer of h2c alone (Java's HttpClient makes one by default) is declined: the request is
+// served over HTTP/1.1 and the offer does not go upstream.
 func TestUpgradeRefused(t *testing.T) {
 	f := newFixture(t, nil)
 	addr := wireServer(t, f, nil)
 	for _, up := range []string{
-		"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
 		"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+		"Connection: Upgrade\r\nUpgrade: h2c, websocket\r\n",
+		"Upgrade: websocket\r\n",
 	} {
 		rc := rawDial(t, addr)
 		rc.write(t, "GET /v1/x HTTP/1.1\r\nHost: a\r\nX-Pleo-Company-Id: "+companyA+"\r\n"+up+"\r\n")
@@ -304,6 +307,23 @@ func TestUpgradeRefused(t *testing.T) {
 	}
 	if got := f.received(); len(got) != 0 {
 		t.Fatalf("forwarded: %+v", got)
+	}
+
+	rc := rawDial(t, addr)
+	rc.write(t, "POST /v1/x HTTP/1.1\r\nHost: a\r\nX-Pleo-Company-Id: "+companyA+
+		"\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAEAAEAAAAIAAAABAAMAAABkAAQBAAAAAAUAAEAA\r\nContent-Length: 2\r\n\r\nhi")
+	resp, body := rc.read(t)
+	if resp.StatusCode != 200 || resp.ProtoMajor != 1 || resp.Header.Get("Upgrade") != "" {
+		t.Fatalf("h2c offer: %s %d %v %s", resp.Proto, resp.StatusCode, resp.Header, body)
+	}
+	got := f.received()
+	if len(got) != 1 || got[0].Body != "hi" {
+		t.Fatalf("forwarded %+v", got)
+	}
+	for _, h := range []string{"Upgrade", "Http2-Settings", "Connection"} {
+		if v := got[0].Header.Values(h); len(v) != 0 {
+			t.Fatalf("the upstream got %s: %q", h, v)
+		}
 	}
 }
 
