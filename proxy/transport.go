@@ -24,14 +24,19 @@ type Authorizer interface {
 
 // NewUpstreamTransport returns the transport for the one upstream host: the sidecar's outbound
 // policy (package outbound: no proxy from the environment, shared dial and TLS timeouts),
-// keep-alive connections sized for a busy sidecar, HTTP/2 over TLS, timeout as the time
+// keep-alive connections sized for a busy sidecar, HTTP/2 over TLS, no compression of its own
+// (the caller's Accept-Encoding and the upstream's encoding pass through), timeout as the time
 // allowed to the response headers, and at most maxConns connections open at once (0: no
 // bound). Requests beyond maxConns wait for a connection to be free: each HTTP/1.1 connection
 // costs two goroutines and 8 KiB of buffers, so the bound is what keeps a burst of concurrent
 // requests from doubling the sidecar's memory (HTTP/2 carries many requests on each
 // connection).
 func NewUpstreamTransport(timeout time.Duration, maxConns int) *http.Transport {
-	return outbound.NewTransport(outbound.Options{ResponseHeaderTimeout: timeout, MaxConns: maxConns})
+	t := outbound.NewTransport(outbound.Options{ResponseHeaderTimeout: timeout, MaxConns: maxConns})
+	// The caller's Accept-Encoding goes upstream as sent, and the response as Pleo sent it:
+	// the transport neither asks for gzip on its own nor unpacks it.
+	t.DisableCompression = true
+	return t
 }
 
 // DefaultMaxConns is PLEO_PROXY_UPSTREAM_MAX_CONNS's default, and the bound of the transport

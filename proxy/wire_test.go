@@ -655,3 +655,32 @@ func TestExpectContinueStreamedLateUpstream(t *testing.T) {
 		t.Fatalf("upstream got %q", b)
 	}
 }
+
+// TestAcceptEncodingAsSent: the transport adds no Accept-Encoding of its own, and a gzip
+// response the caller asked for reaches it as Pleo sent it.
+func TestAcceptEncodingAsSent(t *testing.T) {
+	f := newFixture(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Accept-Encoding") == "gzip" {
+			w.Header().Set("Content-Encoding", "gzip")
+			_, _ = w.Write([]byte("\x1f\x8b not really"))
+			return
+		}
+		_, _ = io.WriteString(w, "plain")
+	})
+	addr := wireServer(t, f, func(o *proxy.Options) {
+		o.Transport = proxy.NewUpstreamTransport(10*time.Second, proxy.DefaultMaxConns)
+	})
+	rc := rawDial(t, addr)
+	rc.write(t, "GET /v1/x HTTP/1.1\r\nHost: a\r\nX-Pleo-Company-Id: "+companyA+"\r\n\r\n")
+	if resp, body := rc.read(t); resp.StatusCode != 200 || body != "plain" {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	rc.write(t, "GET /v1/x HTTP/1.1\r\nHost: a\r\nX-Pleo-Company-Id: "+companyA+"\r\nAccept-Encoding: gzip\r\n\r\n")
+	if resp, body := rc.read(t); resp.StatusCode != 200 || body != "\x1f\x8b not really" || resp.Header.Get("Content-Encoding") != "gzip" {
+		t.Fatalf("%d %v %q", resp.StatusCode, resp.Header, body)
+	}
+	got := f.received()
+	if v := got[0].Header.Values("Accept-Encoding"); len(v) != 0 {
+		t.Fatalf("the upstream got Accept-Encoding %q the caller did not send", v)
+	}
+}
