@@ -28,7 +28,7 @@ type page struct {
 	Title   string
 	Message string
 	Details []detail
-	Style template.CSS
+	Style   template.CSS
 }
 
 type detail struct{ Name, Value string }
