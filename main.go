@@ -59,6 +59,9 @@ commands:
                                     (never the command line); --discover-company learns the
                                     company from GET {upstream}/v1/installations/me
   credentials rotate-key            re-seal every stored secret with the newest encryption key
+  connect-link --tenant T [--ttl D] print a signed consent link for tenant T, valid for D
+                                    (default 1h, at most 168h), on the host of
+                                    PLEO_PROXY_OAUTH_REDIRECT_URL
   healthcheck                       exit 0 when the admin listener's /healthz answers 200
   version                           print the version
 `
@@ -74,6 +77,8 @@ func run(ctx context.Context, args, environ []string, stdin io.Reader, stdout, s
 		return serve(ctx, rest, environ, stdout, stderr)
 	case "credentials":
 		return credentialsCommand(ctx, rest, environ, stdin, stdout)
+	case "connect-link":
+		return connectLinkCommand(rest, environ, stdout, stderr)
 	case "healthcheck":
 		return healthcheck(ctx, environ)
 	case "version":

@@ -62,6 +62,9 @@ func configSecrets(cfg *config.Config) []string {
 	for _, k := range cfg.EncryptionKeys {
 		out = append(out, base64.StdEncoding.EncodeToString(k), string(k))
 	}
+	for _, k := range cfg.ConnectKeys {
+		out = append(out, base64.StdEncoding.EncodeToString(k), string(k))
+	}
 	if u, err := url.Parse(cfg.Store); err == nil && u.User != nil {
 		if p, ok := u.User.Password(); ok {
 			out = append(out, p)
@@ -132,6 +135,10 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 			return err
 		}
 	}
+	links, err := connectLinksOf(cfg, log)
+	if err != nil {
+		return err
+	}
 	broker, err := credentials.NewBroker(credentials.BrokerOptions{
 		Store:     store,
 		CacheSize: cfg.CacheSize,
@@ -164,6 +171,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		Transport:        proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns),
 		Logger:           log,
 		Metrics:          m,
+		ReconnectURL:     reconnectHook(store, links),
 	})
 	if err != nil {
 		return err
@@ -181,6 +189,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		},
 		Credentials: brokerStatus{store, broker},
 		AdminToken:  cfg.AdminToken,
+		ConnectLink: links.mint(),
 		EnablePprof: cfg.EnablePprof,
 		Logger:      log,
 	})
@@ -198,7 +207,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	dataSrv := proxy.NewServer(handler, log)
 	adminSrv := &http.Server{Handler: adminHandler, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 60 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10, ErrorLog: errLog}
-	connectSrv, connectLn, err := newConnectServer(cfg, mock, store, log, m, secrets, errLog)
+	connectSrv, connectLn, err := newConnectServer(cfg, mock, store, links, log, m, secrets, errLog)
 	if err != nil {
 		dataLn.Close()
 		adminLn.Close()
@@ -225,7 +234,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		"admin", adminLn.Addr().String(), "connect", connectAddr, "upstream", cfg.UpstreamURL.String(), "store", cfg.RedactedStore(), "dev", *dev,
 		"memory_limit", memoryLimitText(memLimit), "memory_limit_from", memSource, "max_client_conns", cfg.MaxClientConns)
 	if mock != nil {
-		mock.printTry(stdout, dataLn.Addr().String(), adminLn.Addr().String(), connectAddr, cfg)
+		mock.printTry(stdout, dataLn.Addr().String(), adminLn.Addr().String(), connectAddr, cfg, links)
 	}
 
 	var runErr error
@@ -269,7 +278,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 
 // newConnectServer binds PLEO_PROXY_CONNECT_ADDR and builds the consent flow's server, or
 // returns nils when the address is empty (the flow is off).
-func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store, logger *slog.Logger,
+func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store, links *connectLinks, logger *slog.Logger,
 	m *metrics.Metrics, secrets *redact.Set, errLog *log.Logger) (*http.Server, net.Listener, error) {
 	if cfg.ConnectAddr == "" {
 		return nil, nil, nil
@@ -289,20 +298,22 @@ func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store
 			"a flow must end on the replica that started it")
 	}
 	h, err := connect.New(connect.Options{
-		ClientID:     cfg.OAuthClientID,
-		ClientSecret: cfg.OAuthClientSecret,
-		AuthorizeURL: cfg.OAuthAuthorizeURL,
-		TokenURL:     cfg.OAuthTokenURL,
-		RedirectURL:  cfg.OAuthRedirectURL,
-		Scopes:       cfg.OAuthScopes,
-		SuccessURL:   cfg.ConnectSuccessURL,
-		Upstream:     cfg.UpstreamURL,
-		Store:        store,
-		StateKeys:    cfg.EncryptionKeys,
-		HTTPClient:   &http.Client{Timeout: cfg.TokenTimeout, Transport: proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)},
-		Logger:       logger.With("listener", "connect"),
-		Metrics:      m,
-		Secrets:      secrets,
+		ClientID:      cfg.OAuthClientID,
+		ClientSecret:  cfg.OAuthClientSecret,
+		AuthorizeURL:  cfg.OAuthAuthorizeURL,
+		TokenURL:      cfg.OAuthTokenURL,
+		RedirectURL:   cfg.OAuthRedirectURL,
+		Scopes:        cfg.OAuthScopes,
+		SuccessURL:    cfg.ConnectSuccessURL,
+		Upstream:      cfg.UpstreamURL,
+		Store:         store,
+		StateKeys:     cfg.EncryptionKeys,
+		Links:         links.signer(),
+		UnsignedLinks: cfg.ConnectUnsignedLinks,
+		HTTPClient:    &http.Client{Timeout: cfg.TokenTimeout, Transport: proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)},
+		Logger:        logger.With("listener", "connect"),
+		Metrics:       m,
+		Secrets:       secrets,
 	})
 	if err != nil {
 		ln.Close()
@@ -320,6 +331,38 @@ func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store
 		ErrorLog:       errLog,
 	}
 	return srv, ln, nil
+}
+
+// connectLinksOf returns the signer of connect links when the connect listener is on, or nil
+// (the listener off, or only unsigned links and no key). It refuses a connect listener with
+// neither a key nor PLEO_PROXY_CONNECT_UNSIGNED_LINKS, and warns about unsigned links.
+func connectLinksOf(cfg *config.Config, log *slog.Logger) (*connectLinks, error) {
+	if cfg.ConnectAddr == "" {
+		return nil, nil
+	}
+	links, err := newLinks(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.ConnectUnsignedLinks {
+		log.Warn("PLEO_PROXY_CONNECT_UNSIGNED_LINKS=true: /connect accepts any tenant_id without a signed link; " +
+			"only safe behind an ingress that authenticates and authorises /connect itself")
+	}
+	if links == nil {
+		if !cfg.ConnectUnsignedLinks {
+			return nil, errNoConnectKey
+		}
+		return nil, nil
+	}
+	return &connectLinks{links: links, cfg: cfg}, nil
+}
+
+// reconnectHook is the proxy's reconnect_url hook, or nil without signed links.
+func reconnectHook(store credentials.Store, links *connectLinks) func(string) string {
+	if links == nil {
+		return nil
+	}
+	return reconnectURLs(store, *links)
 }
 
 func clientTokens(cfg *config.Config) []credentials.Secret {

@@ -41,8 +41,11 @@ type Options struct {
 	Checks []Check
 	// Credentials backs GET /credentials.
 	Credentials CredentialStatus
-	// AdminToken guards GET /credentials; empty turns the endpoint off (404).
+	// AdminToken guards GET /credentials and POST /connect-links; empty turns them off (404).
 	AdminToken credentials.Secret
+	// ConnectLink mints a signed connect link for a tenant, valid for a lifetime, and returns
+	// it with its expiry; it backs POST /connect-links. Nil turns the endpoint off (404).
+	ConnectLink func(tenant string, ttl time.Duration) (string, time.Time, error)
 	// EnablePprof serves /debug/pprof/.
 	EnablePprof bool
 	// Logger receives handler errors (default discard).
@@ -56,6 +59,7 @@ type Handler struct {
 	creds        CredentialStatus
 	tokenHash    [32]byte
 	tokenSet     bool
+	connectLink  func(tenant string, ttl time.Duration) (string, time.Time, error)
 	shuttingDown atomic.Bool
 	log          *slog.Logger
 }
@@ -65,7 +69,8 @@ func New(opts Options) *Handler {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	h := &Handler{mux: http.NewServeMux(), checks: opts.Checks, creds: opts.Credentials, log: opts.Logger}
+	h := &Handler{mux: http.NewServeMux(), checks: opts.Checks, creds: opts.Credentials, log: opts.Logger,
+		connectLink: opts.ConnectLink}
 	if !opts.AdminToken.IsZero() {
 		h.tokenSet = true
 		h.tokenHash = sha256.Sum256([]byte(opts.AdminToken.Reveal()))
@@ -80,6 +85,7 @@ func New(opts Options) *Handler {
 	})
 	h.mux.HandleFunc("GET /readyz", h.readyz)
 	h.mux.HandleFunc("GET /credentials", h.credentials)
+	h.mux.HandleFunc("POST /connect-links", h.connectLinks)
 	if opts.EnablePprof {
 		h.mux.HandleFunc("/debug/pprof/", pprof.Index)
 		h.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)

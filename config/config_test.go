@@ -508,8 +508,8 @@ func TestVariables(t *testing.T) {
 			t.Errorf("Variables() lacks %s", want)
 		}
 	}
-	if len(vars) != 37 {
-		t.Errorf("Variables() has %d names, want 37", len(vars))
+	if len(vars) != 40 {
+		t.Errorf("Variables() has %d names, want 40", len(vars))
 	}
 }
 
