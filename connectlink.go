@@ -72,6 +72,28 @@ func (c *connectLinks) mint() func(tenant string, ttl time.Duration) (string, ti
 	return c.ConnectLink
 }
 
+// eventLinkTTL is the lifetime of the reconnect_url of an event: its receiver may pass it on
+// to a person by mail, so it lives the longest a link may.
+const eventLinkTTL = connect.MaxLinkTTL
+
+// eventLink is the events' reconnect_url hook: a link for a tenant, or "" (nil for a nil
+// *connectLinks).
+func (c *connectLinks) eventLink() func(tenantID string) string {
+	if c == nil {
+		return nil
+	}
+	return func(tenantID string) string {
+		if tenantID == "" {
+			return ""
+		}
+		u, _, err := c.ConnectLink(tenantID, eventLinkTTL)
+		if err != nil {
+			return ""
+		}
+		return u
+	}
+}
+
 // ConnectLink returns a signed link for tenant valid for ttl, and its expiry.
 func (c connectLinks) ConnectLink(tenant string, ttl time.Duration) (string, time.Time, error) {
 	base := c.cfg.OAuthRedirectURL

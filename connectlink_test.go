@@ -3,12 +3,19 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/config"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/connect"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/events"
 )
 
 func TestConnectLinkCommand(t *testing.T) {
@@ -101,4 +108,48 @@ func absDiff(a, b int64) int64 {
 		return a - b
 	}
 	return b - a
+}
+
+// serve wires the events' reconnect_url to the connect links: a reauthorization_required
+// event for a company with a tenant carries a link that verifies for that tenant.
+func TestEventsCarryReconnectURL(t *testing.T) {
+	got := make(chan map[string]any, 4)
+	sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var ev map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&ev)
+		got <- ev
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(sink.Close)
+	ck, _ := cliKey(9)
+	cfg := &config.Config{
+		EventsURL:        mustParse(t, sink.URL),
+		EventsKey:        credentials.Secret(strings.Repeat("k", 32)),
+		ConnectAddr:      "127.0.0.1:0",
+		ConnectKeys:      [][]byte{ck},
+		OAuthRedirectURL: mustParse(t, "https://connect.example.com/callback"),
+	}
+	links, err := connectLinksOf(cfg, slog.New(slog.DiscardHandler))
+	if err != nil || links == nil {
+		t.Fatalf("links: %v", err)
+	}
+	n, err := newNotifier(cfg, credentials.NewMemoryStore(), links, slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Notify(credentials.Credential{CompanyID: "5a1c0000-0000-4000-8000-000000000001", TenantID: "erp-9", Type: credentials.OAuth2}, events.ReauthorizationRequired)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ev := <-got
+	raw, _ := ev["reconnect_url"].(string)
+	u := mustParse(t, raw)
+	if tenant, err := links.links.Verify(u.RawQuery); err != nil || tenant != "erp-9" || u.Host != "connect.example.com" {
+		t.Fatalf("reconnect_url %q: %q %v", raw, tenant, err)
+	}
+	if exp := atoi(t, u.Query().Get("expires")); absDiff(exp, time.Now().Add(eventLinkTTL).Unix()) > 5 {
+		t.Fatalf("event link expires %d", exp)
+	}
 }

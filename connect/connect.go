@@ -99,6 +99,8 @@ type Options struct {
 	Metrics *metrics.Metrics
 	// Secrets learns the tokens obtained, so logs redact them by value (nil: none).
 	Secrets *redact.Set
+	// OnConnected, when set, is told about each credential a flow stored (it must not block).
+	OnConnected func(credentials.Credential)
 }
 
 // Handler serves GET /connect and the callback. Every other path is 404.
@@ -118,6 +120,7 @@ type Handler struct {
 	log          *slog.Logger
 	metrics      *metrics.Metrics
 	secrets      *redact.Set
+	onConnected  func(credentials.Credential)
 }
 
 // New checks opts and builds the handler.
@@ -189,6 +192,7 @@ func New(opts Options) (*Handler, error) {
 		log:          opts.Logger,
 		metrics:      opts.Metrics,
 		secrets:      opts.Secrets,
+		onConnected:  opts.OnConnected,
 	}, nil
 }
 
@@ -504,6 +508,9 @@ func (h *Handler) storeCredential(ctx context.Context, cred credentials.Credenti
 		var fe *credentials.FieldError
 		switch {
 		case err == nil:
+			if h.onConnected != nil {
+				h.onConnected(cred.Metadata())
+			}
 			return nil
 		case errors.Is(err, credentials.ErrConflict), errors.Is(err, credentials.ErrExists), errors.Is(err, credentials.ErrNotFound):
 			continue // another writer got there first: check again against what it wrote
