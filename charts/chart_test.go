@@ -246,7 +246,7 @@ func secretValues(v obj) []string {
 			out = append(out, s)
 		}
 	}
-	for _, k := range []string{"oauthClientSecret", "encryptionKey", "adminToken"} {
+	for _, k := range []string{"oauthClientSecret", "encryptionKey", "adminToken", "connectKey"} {
 		add(str(dig(v, "secrets", k)))
 	}
 	for _, tok := range list(dig(v, "secrets", "clientTokens")) {
@@ -656,7 +656,7 @@ func checkChartSecret(t *testing.T, docs []doc, values obj) {
 	t.Helper()
 	want := map[string]string{}
 	if str(dig(values, "secrets", "existingSecret")) == "" {
-		for key, file := range map[string]string{"oauthClientSecret": "oauth-client-secret", "encryptionKey": "encryption-key", "adminToken": "admin-token"} {
+		for key, file := range map[string]string{"oauthClientSecret": "oauth-client-secret", "encryptionKey": "encryption-key", "adminToken": "admin-token", "connectKey": "connect-key"} {
 			if s := str(dig(values, "secrets", key)); s != "" {
 				want[file] = s
 			}
