@@ -391,32 +391,32 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) complete(ctx context.Context, r *http.Request) (tenant, company string, f *failure) {
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
-		return "", "", stateFailure(ErrStateInvalid, "", err)
+		return "", "", stateFailure(ErrStateInvalid, err)
 	}
 	for _, p := range []string{"state", "code", "error", "tenant_id"} {
 		if len(q[p]) > 1 {
-			return "", "", stateFailure(ErrStateInvalid, "", fmt.Errorf("parameter %s repeated", p))
+			return "", "", stateFailure(ErrStateInvalid, fmt.Errorf("parameter %s repeated", p))
 		}
 	}
 	st, err := h.sealer.open(q.Get("state"))
 	if err != nil {
-		return "", "", stateFailure(err, "", nil)
+		return "", "", stateFailure(err, nil)
 	}
 	now := h.now()
 	browser, _ := cookieBinding(r)
 	if err := st.check(now, browser[:]); err != nil {
-		return st.Tenant, "", stateFailure(err, st.Tenant, nil)
+		return st.Tenant, "", stateFailure(err, nil)
 	}
 	// The tenant comes from the state only; a callback naming another is refused.
 	if t, present := q["tenant_id"]; present && t[0] != st.Tenant {
-		return st.Tenant, "", stateFailure(ErrStateInvalid, "", errors.New("callback names another tenant than its state"))
+		return st.Tenant, "", stateFailure(ErrStateInvalid, errors.New("callback names another tenant than its state"))
 	}
 	if err := h.used.use(st.ID, st.IssuedAt.Add(StateTTL), now); err != nil {
-		return st.Tenant, "", stateFailure(err, st.Tenant, nil)
+		return st.Tenant, "", stateFailure(err, nil)
 	}
 
 	if e := q.Get("error"); e != "" {
-		return st.Tenant, "", authorizeFailure(e, q.Get("error_description"), st.Tenant)
+		return st.Tenant, "", authorizeFailure(e, q.Get("error_description"))
 	}
 	code := q.Get("code")
 	if code == "" {
@@ -431,7 +431,7 @@ func (h *Handler) complete(ctx context.Context, r *http.Request) (tenant, compan
 	ctx = context.WithValue(ctx, oauth2.HTTPClient, h.client)
 	tok, err := h.oauth.Exchange(ctx, code, oauth2.VerifierOption(st.Verifier))
 	if err != nil {
-		return st.Tenant, "", exchangeFailure(err, st.Tenant)
+		return st.Tenant, "", exchangeFailure(err)
 	}
 	access, refresh := tok.AccessToken, tok.RefreshToken
 	if h.secrets != nil {
@@ -548,7 +548,7 @@ func (h *Handler) internalError(w http.ResponseWriter, what string, err error) {
 	writePage(w, http.StatusInternalServerError, page{Title: "Internal error", Message: "Something went wrong; try again."})
 }
 
-func stateFailure(err error, tenant string, cause error) *failure {
+func stateFailure(err error, cause error) *failure {
 	f := &failure{status: http.StatusBadRequest, reason: metrics.ConnectInvalidState, err: err}
 	if cause != nil {
 		f.err = fmt.Errorf("%w: %w", err, cause)
@@ -556,7 +556,7 @@ func stateFailure(err error, tenant string, cause error) *failure {
 	f.page.Title = "Connection failed"
 	switch {
 	case errors.Is(err, ErrStateExpired):
-		f.page.Message = fmt.Sprintf("This sign-in took longer than %d minutes and has expired. Nothing was stored.", int(StateTTL/time.Minute))
+		f.page.Message = fmt.Sprintf("This sign-in took longer than %d minutes and has expired. Nothing was stored: start again from your application.", int(StateTTL/time.Minute))
 	case errors.Is(err, ErrStateUsed):
 		f.page.Message = "This sign-in link was already used. Nothing more was stored."
 	case errors.Is(err, ErrStateBrowser):
@@ -572,7 +572,7 @@ func stateFailure(err error, tenant string, cause error) *failure {
 }
 
 // authorizeFailure is a callback carrying error=… from the authorisation server.
-func authorizeFailure(code, description, tenant string) *failure {
+func authorizeFailure(code, description string) *failure {
 	f := &failure{status: http.StatusBadRequest, reason: metrics.ConnectOther, err: fmt.Errorf("authorisation server: %s", echo(code))}
 	f.page = page{Title: "Connection failed",
 		Message: "Pleo did not grant access. Nothing was stored.",
@@ -589,7 +589,7 @@ func authorizeFailure(code, description, tenant string) *failure {
 }
 
 // exchangeFailure is a code the token endpoint would not exchange.
-func exchangeFailure(err error, tenant string) *failure {
+func exchangeFailure(err error) *failure {
 	f := &failure{status: http.StatusBadGateway, reason: metrics.ConnectExchangeFailed, err: err,
 		page: page{Title: "Connection failed",
 			Message: "Pleo's token endpoint could not be reached or failed. Nothing was stored; try again later."}}
