@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/oauth2"
+
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/mockpleo"
 )
 
@@ -254,4 +256,56 @@ func slicesDelete(env []string, prefix string) []string {
 		}
 	}
 	return out
+}
+
+// A company whose refresh token Pleo rejects gets 401 reauthorization_required with a
+// reconnect_url; that link, finished by the same company's admin, reconnects it, and it cannot
+// bind the tenant to another company.
+func TestReconnectURLReconnects(t *testing.T) {
+	const company = "c0ffee00-0000-4000-8000-0000000000e1"
+	mock := mockpleo.New(mockpleo.Options{})
+	mockSrv := httptest.NewServer(mock.Handler())
+	t.Cleanup(mockSrv.Close)
+	_, key := cliKey(79)
+	addr := connectFreeAddr(t)
+	mock.SetRedirectURIs("http://" + addr + "/callback")
+	env := attackEnv(t, mockSrv.URL, addr, key)
+
+	// A credential whose refresh token is already spent at the mock.
+	_, refresh, _ := mock.AddOAuthCompany(company, "export-jobs:read")
+	oc := oauth2.Config{ClientID: mockpleo.DefaultClientID, ClientSecret: mockpleo.DefaultClientSecret,
+		Endpoint: oauth2.Endpoint{TokenURL: mockSrv.URL + "/oauth/token", AuthStyle: oauth2.AuthStyleInHeader}}
+	if _, err := oc.TokenSource(context.Background(), &oauth2.Token{RefreshToken: refresh}).Token(); err != nil {
+		t.Fatal(err)
+	}
+	doc := `{"credentials": [{"company_id": "` + company + `", "tenant_id": "reauth-tenant", "type": "oauth2", "refresh_token": "` + refresh + `"}]}`
+	mustCLI(t, env, doc, "credentials", "import", "-")
+	s := startConnectSidecar(t, env)
+
+	status, body := proxiedTenant(t, s.data, "reauth-tenant")
+	var problem struct {
+		Code         string `json:"code"`
+		ReconnectURL string `json:"reconnect_url"`
+	}
+	if status != http.StatusUnauthorized || json.Unmarshal([]byte(body), &problem) != nil || problem.Code != "reauthorization_required" {
+		t.Fatalf("before reconnecting: %d %s", status, body)
+	}
+	link := mustParse(t, problem.ReconnectURL)
+	if link.Host != addr || link.Path != "/connect" || link.Query().Get("tenant_id") != "reauth-tenant" || link.Query().Get("sig") == "" {
+		t.Fatalf("reconnect_url %s", problem.ReconnectURL)
+	}
+	if status, body, _ := consentAs(t, connectBrowser(t), problem.ReconnectURL, company); status != http.StatusOK {
+		t.Fatalf("reconnect through reconnect_url: %d %s\n%s", status, body, s.log())
+	}
+	if status, body := proxiedTenant(t, s.data, "reauth-tenant"); status != http.StatusOK || !strings.Contains(body, company) {
+		t.Fatalf("after reconnecting: %d %s", status, body)
+	}
+	// The same link, finished by another company's admin, binds nothing.
+	if status, body, _ := consentAs(t, connectBrowser(t), problem.ReconnectURL, otherCompany); status != http.StatusConflict {
+		t.Fatalf("reconnect_url used by another company: %d %s", status, body)
+	}
+	if status, body := proxiedTenant(t, s.data, "reauth-tenant"); status != http.StatusOK || !strings.Contains(body, company) {
+		t.Fatalf("after the other company's attempt: %d %s", status, body)
+	}
+	s.stop(t)
 }
