@@ -7,6 +7,9 @@ package main
 
 import (
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -284,13 +287,64 @@ func (r *recordingRegisterer) MustRegister(cs ...prometheus.Collector) {
 	r.Registerer.MustRegister(cs...)
 }
 
-// registeredMetrics returns the name of every metric metrics.New registers. It reads the
-// collectors' descriptors rather than gathering samples, because a vector without a
-// labelled child yet exposes nothing.
+// metricConstructors are the functions of package metrics that register collectors, each
+// called with a recording registerer. registeredMetrics refuses to run when package metrics
+// has another exported function taking a prometheus.Registerer: add it here.
+var metricConstructors = map[string]func(prometheus.Registerer){
+	"New":       func(r prometheus.Registerer) { metrics.New(r) },
+	"NewEvents": func(r prometheus.Registerer) { metrics.NewEvents(r) },
+}
+
+// registererFuncs lists the exported functions of package metrics (its non-test files) that
+// take a prometheus.Registerer.
+func registererFuncs(t *testing.T) []string {
+	t.Helper()
+	files, err := filepath.Glob("metrics/*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fset := token.NewFileSet()
+	var names []string
+	for _, file := range files {
+		if strings.HasSuffix(file, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(fset, file, nil, parser.SkipObjectResolution)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range f.Decls {
+			fn, ok := d.(*ast.FuncDecl)
+			if !ok || fn.Recv != nil || !fn.Name.IsExported() {
+				continue
+			}
+			for _, p := range fn.Type.Params.List {
+				if sel, ok := p.Type.(*ast.SelectorExpr); ok && sel.Sel.Name == "Registerer" {
+					names = append(names, fn.Name.Name)
+				}
+			}
+		}
+	}
+	if len(names) == 0 {
+		t.Fatal("found no function of package metrics taking a prometheus.Registerer")
+	}
+	return names
+}
+
+// registeredMetrics returns the name of every metric the constructors of package metrics
+// register. It reads the collectors' descriptors rather than gathering samples, because a
+// vector without a labelled child yet exposes nothing.
 func registeredMetrics(t *testing.T) []string {
 	t.Helper()
+	for _, name := range registererFuncs(t) {
+		if metricConstructors[name] == nil {
+			t.Fatalf("metrics.%s takes a prometheus.Registerer but is not in metricConstructors of %s: add it, so its metrics are checked", name, "docs_test.go")
+		}
+	}
 	rec := &recordingRegisterer{Registerer: prometheus.NewRegistry()}
-	metrics.New(rec)
+	for _, register := range metricConstructors {
+		register(rec)
+	}
 	descs := make(chan *prometheus.Desc)
 	go func() {
 		for _, c := range rec.collectors {
@@ -308,25 +362,25 @@ func registeredMetrics(t *testing.T) []string {
 		names = append(names, m[1])
 	}
 	if len(names) == 0 {
-		t.Fatal("metrics.New registered nothing")
+		t.Fatal("the metrics constructors registered nothing")
 	}
 	slices.Sort(names)
 	return slices.Compact(names)
 }
 
-// TestDocsMetrics: every metric the code registers has a row in the reference's metrics
+// TestDocsMetrics: every metric package metrics registers has a row in the reference's metrics
 // table, and the table names no metric the code does not register.
 func TestDocsMetrics(t *testing.T) {
 	names := registeredMetrics(t)
 	documented := tableNames(t, readMarkdown(t, referenceDoc), referenceDoc, "Metrics")
 	for _, n := range names {
 		if !documented[n] {
-			t.Errorf("metric %s is registered by metrics.New but has no row in the table of %s, section Metrics", n, referenceDoc)
+			t.Errorf("metric %s is registered by package metrics but has no row in the table of %s, section Metrics", n, referenceDoc)
 		}
 	}
 	for name := range documented {
 		if !slices.Contains(names, name) {
-			t.Errorf("%s, section Metrics, documents %s, which metrics.New does not register", referenceDoc, name)
+			t.Errorf("%s, section Metrics, documents %s, which package metrics does not register", referenceDoc, name)
 		}
 	}
 }
