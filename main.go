@@ -20,9 +20,18 @@ import (
 var version = "dev"
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The first SIGTERM or SIGINT cancels the context; later ones wait in sigs, where serve
+	// finds them (laterSignals) to cut its shutdown delay short.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), laterSignalsKey{}, (<-chan os.Signal)(sigs)))
+	go func() {
+		<-sigs
+		cancel()
+	}()
 	err := run(ctx, os.Args[1:], os.Environ(), os.Stdin, os.Stdout, os.Stderr)
-	stop()
+	signal.Stop(sigs)
+	cancel()
 	if err != nil {
 		var ue usageError
 		if !errors.As(err, &ue) || ue.msg != "" {
@@ -30,6 +39,16 @@ func main() {
 		}
 		os.Exit(exitCode(err))
 	}
+}
+
+// laterSignalsKey is the context key of the channel of shutdown signals after the first.
+type laterSignalsKey struct{}
+
+// laterSignals returns the channel on which SIGTERM and SIGINT arrive after the first (which
+// cancelled ctx), or nil (which never delivers) when the process set none up.
+func laterSignals(ctx context.Context) <-chan os.Signal {
+	ch, _ := ctx.Value(laterSignalsKey{}).(<-chan os.Signal)
+	return ch
 }
 
 // usageError is a bad command line: exit code 2.

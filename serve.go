@@ -231,12 +231,16 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	var runErr error
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down", "timeout", cfg.ShutdownTimeout)
+		log.Info("shutting down", "delay", cfg.ShutdownDelay, "timeout", cfg.ShutdownTimeout)
 	case runErr = <-serveErr:
 		log.Error("listener failed", "error", runErr)
 	}
-	// Readiness first, then stop accepting and drain, then give up.
+	// Readiness first, then keep serving for the delay, then stop accepting and drain, then
+	// give up.
 	adminHandler.SetShuttingDown()
+	if runErr == nil {
+		runErr = shutdownDelay(cfg.ShutdownDelay, laterSignals(ctx), serveErr, log)
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	// The connect listener drains beside the data listener: a callback in flight finishes
@@ -265,6 +269,29 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// shutdownDelay keeps the listeners serving for delay after the first SIGTERM, readiness
+// already failing: in a classic sidecar, Kubernetes signals the app and the sidecar at once,
+// and the app may still be finishing its work. A later SIGTERM or SIGINT (hurry) ends the
+// delay at once; so does a listener failing, whose error it returns.
+func shutdownDelay(delay time.Duration, hurry <-chan os.Signal, serveErr <-chan error, log *slog.Logger) error {
+	if delay <= 0 {
+		return nil
+	}
+	log.Info("readiness failing; still serving new requests for the shutdown delay", "delay", delay)
+	timer := time.NewTimer(delay)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return nil
+	case sig := <-hurry:
+		log.Info("second signal: shutdown delay cut short", "signal", sig.String())
+		return nil
+	case err := <-serveErr:
+		log.Error("listener failed", "error", err)
+		return err
+	}
 }
 
 // newConnectServer binds PLEO_PROXY_CONNECT_ADDR and builds the consent flow's server, or
