@@ -79,16 +79,17 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
+// usageServe is serve's usage line.
+const usageServe = "usage: serve [--env-file PATH] [--dev]\n" +
+	"The configuration comes from PLEO_PROXY_* environment variables (config.example.env lists them);\n" +
+	"--dev runs against an embedded mock Pleo with demo companies."
+
 func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	envFile := fs.String("env-file", "", "load a dotenv file first (the process environment wins)")
 	dev := fs.Bool("dev", false, "run against an embedded mock Pleo with demo companies (no account, no network)")
-	if err := fs.Parse(args); err != nil {
-		return usageError{""}
-	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Sprintf("serve takes no arguments, got %q", fs.Args())}
+	if help, err := noArgs(fs, invocation{args: args, stdout: stdout}, usageServe); help || err != nil {
+		return err
 	}
 
 	var mock *devPleo
@@ -373,6 +374,10 @@ func (b brokerStatus) List(ctx context.Context) ([]credentials.Credential, error
 func (b brokerStatus) StatusOf(c credentials.Credential) credentials.Status {
 	return b.broker.StatusOf(c)
 }
+
+// usageHealthcheck is healthcheck's usage.
+const usageHealthcheck = "usage: healthcheck\n" +
+	"Asks GET /healthz of the admin listener (PLEO_PROXY_ADMIN_ADDR, on 127.0.0.1 when it names no host); exit 0 on 200, 1 otherwise."
 
 // healthcheck asks the admin listener's /healthz, for container health checks.
 func healthcheck(ctx context.Context, environ []string) error {
