@@ -46,11 +46,21 @@ func loadConfig(environ []string, envFile string, overlay map[string]string) (*c
 }
 
 // newLogHandler builds the process log handler: tint text (colour only on a terminal) or JSON.
+// JSON writes durations as text with their unit ("1.5s"), as the text handler does, not as
+// bare nanoseconds.
 func newLogHandler(cfg *config.Config, w io.Writer) slog.Handler {
 	if cfg.LogFormat == "json" {
-		return slog.NewJSONHandler(w, &slog.HandlerOptions{Level: cfg.LogLevel})
+		return slog.NewJSONHandler(w, &slog.HandlerOptions{Level: cfg.LogLevel, ReplaceAttr: durationText})
 	}
 	return tint.NewTextHandler(w, &tint.Options{Level: cfg.LogLevel, NoColor: !isTerminal(w), TimeFormat: time.RFC3339})
+}
+
+// durationText is a ReplaceAttr that writes a duration as its String ("1.5s").
+func durationText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
 }
 
 // configSecrets lists the configuration's secret values, for redaction by value.
