@@ -76,7 +76,7 @@ func TestCommandLine(t *testing.T) {
 		{"version", []string{"version"}, 0, []string{"pleo-auth-proxy "}, nil, ""},
 		{"unknown command", []string{"frobnicate"}, 2, nil, []string{`unknown command "frobnicate"`, "serve, credentials, healthcheck", "version"}, ""},
 		{"help of an unknown command", []string{"help", "frobnicate"}, 2, nil, []string{`unknown command "frobnicate"`, "credentials"}, ""},
-		{"unknown subcommand", []string{"credentials", "frob"}, 2, nil, []string{`unknown credentials subcommand "frob"`, "import, list, delete, put", "rotate-key"}, ""},
+		{"unknown subcommand", []string{"credentials", "frob"}, 2, nil, []string{`unknown credentials subcommand "frob"`, "import, list, delete, ", "rotate-key"}, ""},
 		{"no subcommand", []string{"credentials"}, 2, nil, []string{"needs a subcommand", "import, list"}, ""},
 		{"unknown serve flag", []string{"serve", "--bogus"}, 2, nil, []string{"-bogus", "usage: serve"}, ""},
 		{"unknown flag first: serve's", []string{"--bogus"}, 2, nil, []string{"-bogus", "usage: serve"}, ""},

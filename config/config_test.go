@@ -347,6 +347,9 @@ func TestParseProblems(t *testing.T) {
 		{"memory limit negative", map[string]string{"PLEO_PROXY_MEMORY_LIMIT": "-64MiB"}, "MEMORY_LIMIT", "not auto, off or a size"},
 		{"memory limit overflow", map[string]string{"PLEO_PROXY_MEMORY_LIMIT": "9999999999999GiB"}, "MEMORY_LIMIT", "not auto, off or a size"},
 		{"memory limit tiny", map[string]string{"PLEO_PROXY_MEMORY_LIMIT": "4MiB"}, "MEMORY_LIMIT", "less than 16MiB"},
+		{"events URL without a key", map[string]string{"PLEO_PROXY_EVENTS_URL": "http://billing.internal/hooks"}, "EVENTS_KEY", "at least 32 bytes"},
+		{"events key too short", map[string]string{"PLEO_PROXY_EVENTS_URL": "http://billing.internal/hooks", "PLEO_PROXY_EVENTS_KEY": "short"}, "EVENTS_KEY", "at least 32 bytes"},
+		{"events URL not http", map[string]string{"PLEO_PROXY_EVENTS_URL": "ftp://billing.internal/hooks", "PLEO_PROXY_EVENTS_KEY": strings.Repeat("k", 32)}, "EVENTS_URL", "not an absolute http"},
 
 		{"admin token and file", map[string]string{"PLEO_PROXY_ADMIN_TOKEN": "a", "PLEO_PROXY_ADMIN_TOKEN_FILE": empty}, "ADMIN_TOKEN", "set one"},
 		{"admin token file unreadable", map[string]string{"PLEO_PROXY_ADMIN_TOKEN_FILE": unreadable}, "ADMIN_TOKEN_FILE", "cannot read"},
@@ -512,8 +515,8 @@ func TestVariables(t *testing.T) {
 			t.Errorf("Variables() lacks %s", want)
 		}
 	}
-	if len(vars) != 38 {
-		t.Errorf("Variables() has %d names, want 38", len(vars))
+	if len(vars) != 41 {
+		t.Errorf("Variables() has %d names, want 41", len(vars))
 	}
 }
 
