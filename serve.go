@@ -262,7 +262,13 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	// Readiness first, then keep serving for the delay, then stop accepting and drain, then
 	// give up.
 	adminHandler.SetShuttingDown()
-	if runErr == nil {
+	if runErr == nil && cfg.ShutdownDelay > 0 {
+		// Answers during the delay close their connection, so that callers' pools hold no
+		// idle connection that the drain would close under a request being sent.
+		dataSrv.SetKeepAlivesEnabled(false)
+		if connectSrv != nil {
+			connectSrv.SetKeepAlivesEnabled(false)
+		}
 		runErr = shutdownDelay(cfg.ShutdownDelay, laterSignals(ctx), serveErr, log)
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)

@@ -113,16 +113,16 @@ func (s *shutdownSidecar) readyz() int {
 	return resp.StatusCode
 }
 
-// proxied sends one request over a new connection to the data listener.
-func (s *shutdownSidecar) proxied() (int, string, error) {
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := c.Get("http://" + s.data + "/v1/export-jobs")
+// proxied sends one request over a new connection to the data listener; closes reports
+// whether the answer closes the connection.
+func (s *shutdownSidecar) proxied() (code int, body string, closes bool, err error) {
+	resp, err := (&http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{}}).Get("http://" + s.data + "/v1/export-jobs")
 	if err != nil {
-		return 0, "", err
+		return 0, "", false, err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body), err
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Close, err
 }
 
 // refused reports whether a new connection to the data listener is refused.
@@ -174,8 +174,8 @@ func waitUntil(t *testing.T, deadline time.Time, what string, cond func() bool) 
 func TestShutdownDelayKeepsServing(t *testing.T) {
 	const delay = 2 * time.Second
 	s := startShutdownSidecar(t, "PLEO_PROXY_SHUTDOWN_DELAY=2s")
-	if code, body, err := s.proxied(); err != nil || code != 200 || body != "hello from upstream" {
-		t.Fatalf("before SIGTERM: %d %q %v", code, body, err)
+	if code, body, closes, err := s.proxied(); err != nil || code != 200 || body != "hello from upstream" || closes {
+		t.Fatalf("before SIGTERM: %d %q %v (closes the connection: %v)", code, body, err, closes)
 	}
 
 	sent := time.Now()
@@ -183,10 +183,13 @@ func TestShutdownDelayKeepsServing(t *testing.T) {
 	notReady := waitUntil(t, sent.Add(delay), "/readyz answers 503 within the delay", func() bool { return s.readyz() == 503 })
 	t.Logf("/readyz 503 after %s", notReady.Sub(sent).Round(time.Millisecond))
 
-	code, body, err := s.proxied()
+	code, body, closes, err := s.proxied()
 	served := time.Now()
 	if err != nil || code != 200 || body != "hello from upstream" {
 		t.Fatalf("a new connection during the delay: %d %q %v", code, body, err)
+	}
+	if !closes {
+		t.Error("an answer during the delay keeps its connection open; want Connection: close, so no idle connection meets the drain")
 	}
 	if served.Sub(sent) >= delay {
 		t.Fatalf("the request during the delay finished %s after SIGTERM, not within the %s delay: inconclusive", served.Sub(sent), delay)
@@ -210,7 +213,7 @@ func TestShutdownDelayKeepsServing(t *testing.T) {
 // exits 0.
 func TestShutdownWithoutDelayClosesPromptly(t *testing.T) {
 	s := startShutdownSidecar(t)
-	if code, _, err := s.proxied(); err != nil || code != 200 {
+	if code, _, _, err := s.proxied(); err != nil || code != 200 {
 		t.Fatalf("before SIGTERM: %d %v", code, err)
 	}
 	sent := time.Now()
@@ -231,7 +234,7 @@ func TestShutdownDelaySecondSignal(t *testing.T) {
 			sent := time.Now()
 			s.signal(t, syscall.SIGTERM)
 			waitUntil(t, sent.Add(10*time.Second), "/readyz answers 503", func() bool { return s.readyz() == 503 })
-			if code, _, err := s.proxied(); err != nil || code != 200 {
+			if code, _, _, err := s.proxied(); err != nil || code != 200 {
 				t.Fatalf("during the delay: %d %v", code, err)
 			}
 			s.signal(t, second)
