@@ -15,8 +15,7 @@ import (
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
 )
 
-const usageConnectLink = "usage: connect-link [--env-file PATH] --tenant T [--ttl DURATION] " +
-	"(default 1h, at most 168h; the link is on the host of PLEO_PROXY_OAUTH_REDIRECT_URL)"
+const usageConnectLink = "usage: connect-link [--env-file PATH] --tenant T [--ttl DURATION]"
 
 // errNoConnectKey is a link asked for where no link key can be had.
 var errNoConnectKey = errors.New("PLEO_PROXY_CONNECT_KEY: no connect link key: set it (openssl rand -base64 32), " +
@@ -135,16 +134,11 @@ func reconnectURLs(store credentials.Store, links connectLinks) func(companyID s
 // connectLinkCommand runs `connect-link --tenant T [--ttl D]`: it prints a signed link.
 func connectLinkCommand(args, environ []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("connect-link", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	envFile := fs.String("env-file", "", "load a dotenv file first")
-	tenant := fs.String("tenant", "", "the tenant the link connects")
-	ttl := fs.Duration("ttl", connect.DefaultLinkTTL, "how long the link is valid")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stdout, usageConnectLink)
-			return nil
-		}
-		return usageError{err.Error() + "\n" + usageConnectLink}
+	envFile := fs.String("env-file", "", "load a dotenv file first (the process environment wins)")
+	tenant := fs.String("tenant", "", "the tenant the link connects (required)")
+	ttl := fs.Duration("ttl", connect.DefaultLinkTTL, "how long the link is valid (at most 168h)")
+	if help, err := parseFlags(fs, args, usageConnectLink, stdout); help || err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		return usageError{fmt.Sprintf("connect-link takes no arguments, got %q\n%s", fs.Args(), usageConnectLink)}
