@@ -1178,7 +1178,7 @@ func TestChartMonitoringFilesAreCopiesOfDeploy(t *testing.T) {
 	}
 }
 
-// contractMetrics are the metric names interface.md section 7 and the metrics package
+// contractMetrics are the metric names of docs/reference.md and the metrics package
 // export (histograms without their _bucket/_sum/_count suffixes).
 var contractMetrics = []string{
 	"pleo_proxy_requests_total", "pleo_proxy_request_duration_seconds", "pleo_proxy_upstream_requests_total",

@@ -1,5 +1,5 @@
 // Package metrics defines the sidecar's Prometheus metrics, whose names are part of the public
-// contract (interface.md section 7): they may change only with a reason in the changelog.
+// contract (docs/reference.md, Metrics): they may change only with a reason in the changelog.
 //
 // [New] creates and registers every metric on a registerer that main owns; nothing is
 // registered globally. Callers record through typed methods that bound every label (no company

@@ -52,7 +52,7 @@ func withoutHelp(g prometheus.Gatherer) prometheus.Gatherer {
 	})
 }
 
-// expectedExposition is the contract of interface.md section 7 plus the operational extras,
+// expectedExposition is the contract (docs/reference.md, Metrics) plus the operational extras,
 // as exported after touchAll. Changing it changes the public contract.
 const expectedExposition = `
 # TYPE pleo_proxy_client_connection_waits_total counter
