@@ -85,9 +85,11 @@ func TestOutboundIgnoresEnvironmentProxies(t *testing.T) {
 		as := oauthtest.NewServer(t, oauthtest.Options{RedirectURIs: []string{redirect}, AccessTTL: 30 * time.Second})
 		as.SetConsent(oauthtest.Consent{CompanyID: company})
 		dir := t.TempDir()
+		_, encKey := cliKey(43)
 		env := append([]string{
 			"PATH=" + os.Getenv("PATH"),
 			"PLEO_PROXY_STORE=file://" + filepath.Join(dir, "credentials.json"),
+			"PLEO_PROXY_ENCRYPTION_KEY=" + encKey,
 			"PLEO_PROXY_UPSTREAM_URL=" + hostNamed(t, as.URL()),
 			"PLEO_PROXY_LISTEN_ADDR=127.0.0.1:0",
 			"PLEO_PROXY_ADMIN_ADDR=127.0.0.1:0",
@@ -102,7 +104,7 @@ func TestOutboundIgnoresEnvironmentProxies(t *testing.T) {
 		s := startConnectSidecar(t, env)
 
 		// The consent flow: code exchange and /v1/installations/me.
-		status, body := connectGet(t, connectBrowser(t), "http://"+connectAddr+"/connect?"+url.Values{"tenant_id": {"erp-proxy"}}.Encode())
+		status, body := connectGet(t, connectBrowser(t), mintLink(t, env, "erp-proxy"))
 		if status != http.StatusOK || !strings.Contains(body, company) {
 			t.Fatalf("consent flow: %d %s\n%s", status, body, s.log())
 		}
