@@ -102,7 +102,13 @@ func (c *credCmd) config() (*config.Config, error) {
 }
 
 // open loads the configuration and opens the configured store, encrypted when a key is set.
+// A plain credentials file with a key configured is refused (credentials.ErrPlaintextWithKey).
 func (c *credCmd) open() (credentials.Store, error) {
+	return c.openStore(false)
+}
+
+// openStore is open; allowPlain reads a plain file despite a key (rotate-key encrypts it).
+func (c *credCmd) openStore(allowPlain bool) (credentials.Store, error) {
 	cfg, err := c.config()
 	if err != nil {
 		return nil, err
@@ -111,7 +117,21 @@ func (c *credCmd) open() (credentials.Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return credentials.Open(cfg.Store, credentials.OpenOptions{PollInterval: time.Hour, Sealer: sealer})
+	return openCLIStore(c.ctx, cfg.Store, sealer, allowPlain)
+}
+
+// openCLIStore opens a store for a command: unlike the server, which keeps running on a
+// store that cannot be read (not ready), a command fails at once when Ping does.
+func openCLIStore(ctx context.Context, url string, sealer *credentials.Sealer, allowPlain bool) (credentials.Store, error) {
+	store, err := credentials.Open(url, credentials.OpenOptions{PollInterval: time.Hour, Sealer: sealer, AllowPlain: allowPlain})
+	if err != nil {
+		return nil, err
+	}
+	if err := store.Ping(ctx); err != nil {
+		store.Close()
+		return nil, err
+	}
+	return store, nil
 }
 
 // newSealer returns the Sealer for PLEO_PROXY_ENCRYPTION_KEY, or nil when no key is set.
@@ -363,7 +383,8 @@ func (c *credCmd) rotateKey(args []string) error {
 	if len(cfg.EncryptionKeys) == 0 {
 		return errors.New("rotate-key: no encryption key is configured: set PLEO_PROXY_ENCRYPTION_KEY (or _FILE) to NEW,OLD, newest first")
 	}
-	store, err := c.open()
+	store, err := c.openStore(true) // a plain file is encrypted on purpose
+
 	if err != nil {
 		return err
 	}

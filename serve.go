@@ -26,6 +26,7 @@ import (
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/metrics"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/proxy"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/redact"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/secretfile"
 )
 
 // loadConfig reads --env-file (the process environment wins) and parses the configuration.
@@ -111,9 +112,18 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 
 	reg := metrics.NewRegistry()
 	m := metrics.New(reg)
+	// Secret files are polled as often as the file store is.
+	secretWatch := secretfile.NewWatcher(secretfile.Options{Interval: cfg.StorePollInterval, Logger: log, OnReload: m.SecretReload})
+	live := watchSecrets(secretWatch, cfg, secrets)
 	sealer, err := newSealer(cfg)
 	if err != nil {
 		return err
+	}
+	if sealer != nil {
+		if err := sealer.SetKeys(live.encryptionKeys.Load()); err != nil { // the file as read now
+			return fmt.Errorf("PLEO_PROXY_ENCRYPTION_KEY: %w", err)
+		}
+		live.encryptionKeys.OnChange(func(keys [][]byte) { _ = sealer.SetKeys(keys) }) // validated by the parse
 	}
 	memLimit, memSource := applyMemoryLimit(cfg.MemoryLimit, memlimit.FromCgroup, log)
 	rawStore, err := credentials.Open(cfg.Store, credentials.OpenOptions{
@@ -136,9 +146,10 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		Store:     store,
 		CacheSize: cfg.CacheSize,
 		OAuth: credentials.OAuthClient{
-			ClientID:     cfg.OAuthClientID,
-			ClientSecret: cfg.OAuthClientSecret,
-			TokenURL:     cfg.OAuthTokenURL.String(),
+			ClientID:           cfg.OAuthClientID,
+			ClientSecret:       cfg.OAuthClientSecret,
+			ClientSecretSource: live.clientSecret.Load,
+			TokenURL:           cfg.OAuthTokenURL.String(),
 		},
 		RefreshBefore:     cfg.RefreshBefore,
 		TokenTimeout:      cfg.TokenTimeout,
@@ -151,6 +162,13 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		return err
 	}
 	defer broker.Close()
+	live.clientSecret.OnChange(func(credentials.Secret) {
+		// Companies backed off after the old secret was refused (invalid_client): try the
+		// new one now rather than at the end of each back-off, where the broker can.
+		if r, ok := any(broker).(interface{ ResetBackoff() }); ok {
+			r.ResetBackoff()
+		}
+	})
 
 	handler, err := proxy.New(proxy.Options{
 		Upstream:         cfg.UpstreamURL,
@@ -159,7 +177,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		CompanyHeader:    cfg.CompanyHeader,
 		TenantHeader:     cfg.TenantHeader,
 		DefaultCompanyID: cfg.DefaultCompanyID,
-		ClientTokens:     clientTokens(cfg),
+		ClientTokens:     clientTokens(cfg, live.clientTokens.Load()),
 		MaxReplayBytes:   cfg.MaxReplayBytes,
 		Transport:        proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns),
 		Logger:           log,
@@ -168,6 +186,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
+	live.clientTokens.OnChange(func(tokens []credentials.Secret) { handler.SetClientTokens(clientTokens(cfg, tokens)) })
 	adminHandler := admin.New(admin.Options{
 		Gatherer: reg,
 		Checks: []admin.Check{
@@ -180,7 +199,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 			}},
 		},
 		Credentials: brokerStatus{store, broker},
-		AdminToken:  cfg.AdminToken,
+		AdminToken:  live.adminToken.Load(),
 		EnablePprof: cfg.EnablePprof,
 		Logger:      log,
 	})
@@ -198,7 +217,8 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	dataSrv := proxy.NewServer(handler, log)
 	adminSrv := &http.Server{Handler: adminHandler, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 60 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10, ErrorLog: errLog}
-	connectSrv, connectLn, err := newConnectServer(cfg, mock, store, log, m, secrets, errLog)
+	live.adminToken.OnChange(adminHandler.SetAdminToken)
+	connectSrv, connectLn, err := newConnectServer(cfg, live, mock, store, log, m, secrets, errLog)
 	if err != nil {
 		dataLn.Close()
 		adminLn.Close()
@@ -212,6 +232,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	bg, stopBg := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBg()
 	go broker.Run(bg, 0)
+	go secretWatch.Run(bg)
 
 	serveErr := make(chan error, 3)
 	go func() {
@@ -269,7 +290,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 
 // newConnectServer binds PLEO_PROXY_CONNECT_ADDR and builds the consent flow's server, or
 // returns nils when the address is empty (the flow is off).
-func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store, logger *slog.Logger,
+func newConnectServer(cfg *config.Config, live *liveSecrets, mock *devPleo, store credentials.Store, logger *slog.Logger,
 	m *metrics.Metrics, secrets *redact.Set, errLog *log.Logger) (*http.Server, net.Listener, error) {
 	if cfg.ConnectAddr == "" {
 		return nil, nil, nil
@@ -289,20 +310,21 @@ func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store
 			"a flow must end on the replica that started it")
 	}
 	h, err := connect.New(connect.Options{
-		ClientID:     cfg.OAuthClientID,
-		ClientSecret: cfg.OAuthClientSecret,
-		AuthorizeURL: cfg.OAuthAuthorizeURL,
-		TokenURL:     cfg.OAuthTokenURL,
-		RedirectURL:  cfg.OAuthRedirectURL,
-		Scopes:       cfg.OAuthScopes,
-		SuccessURL:   cfg.ConnectSuccessURL,
-		Upstream:     cfg.UpstreamURL,
-		Store:        store,
-		StateKeys:    cfg.EncryptionKeys,
-		HTTPClient:   &http.Client{Timeout: cfg.TokenTimeout, Transport: proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)},
-		Logger:       logger.With("listener", "connect"),
-		Metrics:      m,
-		Secrets:      secrets,
+		ClientID:           cfg.OAuthClientID,
+		ClientSecret:       cfg.OAuthClientSecret,
+		ClientSecretSource: live.clientSecret.Load,
+		AuthorizeURL:       cfg.OAuthAuthorizeURL,
+		TokenURL:           cfg.OAuthTokenURL,
+		RedirectURL:        cfg.OAuthRedirectURL,
+		Scopes:             cfg.OAuthScopes,
+		SuccessURL:         cfg.ConnectSuccessURL,
+		Upstream:           cfg.UpstreamURL,
+		Store:              store,
+		StateKeys:          cfg.EncryptionKeys,
+		HTTPClient:         &http.Client{Timeout: cfg.TokenTimeout, Transport: proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)},
+		Logger:             logger.With("listener", "connect"),
+		Metrics:            m,
+		Secrets:            secrets,
 	})
 	if err != nil {
 		ln.Close()
@@ -322,11 +344,13 @@ func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store
 	return srv, ln, nil
 }
 
-func clientTokens(cfg *config.Config) []credentials.Secret {
-	if cfg.ListenIsLoopback() && len(cfg.ClientTokens) == 0 {
+// clientTokens returns the client tokens the data listener requires: tokens (the configured
+// ones, as last read), or none on loopback without any.
+func clientTokens(cfg *config.Config, tokens []credentials.Secret) []credentials.Secret {
+	if cfg.ListenIsLoopback() && len(tokens) == 0 {
 		return nil
 	}
-	return cfg.ClientTokens
+	return tokens
 }
 
 // brokerStatus joins the store's list with the broker's derived states for /credentials.

@@ -166,6 +166,17 @@ type Config struct {
 	StorePollInterval time.Duration
 	// EnablePprof serves net/http/pprof on the admin listener (PLEO_PROXY_ENABLE_PPROF).
 	EnablePprof bool
+
+	// The paths of the secrets given as files (PLEO_PROXY_OAUTH_CLIENT_SECRET_FILE,
+	// PLEO_PROXY_ADMIN_TOKEN_FILE, PLEO_PROXY_CLIENT_TOKENS_FILE,
+	// PLEO_PROXY_ENCRYPTION_KEY_FILE), empty when the secret is given directly or not at all.
+	// The server re-reads them when they change (package secretfile), parsing the new content
+	// with ParseOAuthClientSecretFile, ParseAdminTokenFile, ParseClientTokensFile and
+	// ParseEncryptionKeyFile.
+	OAuthClientSecretFile string
+	AdminTokenFile        string
+	ClientTokensFile      string
+	EncryptionKeyFile     string
 }
 
 // raw is what caarlos0/env reads: every variable as text, static defaults applied. Its env
@@ -327,6 +338,10 @@ func Parse(environ map[string]string) (*Config, error) {
 	c.AdminAddr = p.hostPort("ADMIN_ADDR", r.AdminAddr)
 	c.Store = p.store("STORE", r.Store)
 	c.EncryptionKeys = p.encryptionKeys("ENCRYPTION_KEY")
+	c.OAuthClientSecretFile = r.OAuthClientSecretFile
+	c.AdminTokenFile = r.AdminTokenFile
+	c.ClientTokensFile = r.ClientTokensFile
+	c.EncryptionKeyFile = r.EncryptionKeyFile
 	c.OAuthClientID = r.OAuthClientID
 	c.OAuthClientSecret = credentials.Secret(p.secret("OAUTH_CLIENT_SECRET"))
 	c.OAuthTokenURL = p.url("OAUTH_TOKEN_URL", r.OAuthTokenURL, defaults.token, false)

@@ -36,6 +36,9 @@ type OAuthClient struct {
 	ClientID     string
 	ClientSecret Secret
 	TokenURL     string
+	// ClientSecretSource, if set, returns the client secret to use for each token call,
+	// instead of ClientSecret (a secret file re-read while the process runs).
+	ClientSecretSource func() Secret
 }
 
 // BrokerOptions configures a Broker. Store is required; zero values elsewhere take the
@@ -79,6 +82,7 @@ type Broker struct {
 	store         Store
 	locker        RefreshLocker // the store's cross-process refresh lock, if it has one
 	oauth         *oauth2.Config
+	clientSecret  func() Secret // the current client secret, or nil: oauth's
 	httpClient    *http.Client
 	refreshBefore time.Duration
 	tokenTimeout  time.Duration
@@ -192,6 +196,7 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 			ClientSecret: opts.OAuth.ClientSecret.Reveal(),
 			Endpoint:     oauth2.Endpoint{TokenURL: opts.OAuth.TokenURL, AuthStyle: oauth2.AuthStyleInHeader},
 		}
+		b.clientSecret = opts.OAuth.ClientSecretSource
 	}
 	if l, ok := opts.Store.(RefreshLocker); ok {
 		b.locker = l

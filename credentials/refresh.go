@@ -367,7 +367,13 @@ type exchangeResult struct {
 // exchange presents cur's refresh token to the token endpoint.
 func (b *Broker) exchange(ctx context.Context, cur Credential) exchangeResult {
 	x := exchangeResult{start: b.now()}
-	x.tok, x.err = b.oauth.TokenSource(context.WithValue(ctx, oauth2.HTTPClient, b.httpClient),
+	conf := b.oauth
+	if b.clientSecret != nil {
+		c := *conf
+		c.ClientSecret = b.clientSecret().Reveal()
+		conf = &c
+	}
+	x.tok, x.err = conf.TokenSource(context.WithValue(ctx, oauth2.HTTPClient, b.httpClient),
 		&oauth2.Token{RefreshToken: cur.RefreshToken.Reveal()}).Token()
 	x.received = b.now()
 	x.arrived = time.Now() // monotonic, for the crash window; the injected clock may stand still
