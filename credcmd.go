@@ -22,12 +22,12 @@ import (
 
 // Usage lines of the credentials subcommands.
 const (
-	usageImport    = "usage: credentials import [--env-file PATH] [--replace] FILE|-"
+	usageImport    = "usage: credentials import [--env-file PATH] [--replace] [--from-encryption-key-file PATH] FILE|- (an encrypted store file is read with PLEO_PROXY_ENCRYPTION_KEY or the keys in --from-encryption-key-file)"
 	usageList      = "usage: credentials list [--env-file PATH] [--json]"
 	usageDelete    = "usage: credentials delete [--env-file PATH] COMPANY_ID"
 	usagePut       = "usage: credentials put [--env-file PATH] (--company ID | --discover-company) --type standalone_api_key|integrated_api_key [--tenant T] [--expires-at RFC3339] [--key-file PATH] (the key comes from --key-file or standard input, never from the command line)"
 	usageRotateKey = "usage: credentials rotate-key [--env-file PATH]"
-	subcommands    = "import, list, delete, put or rotate-key"
+	subcommands    = "import, list, delete, put, rotate-key, migrate or export"
 )
 
 // maxKeyBytes bounds an API key read by put; maxImportBytes an import document.
@@ -38,12 +38,12 @@ const (
 
 // credentialsCommand runs `credentials import|list|delete|put|rotate-key` against the
 // configured store. A usageError (exit 2) is a bad command line; any other error exits 1.
-func credentialsCommand(ctx context.Context, args, environ []string, stdin io.Reader, stdout io.Writer) error {
+func credentialsCommand(ctx context.Context, args, environ []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return usageError{"credentials needs a subcommand: " + subcommands}
 	}
 	sub, rest := args[0], args[1:]
-	c := credCmd{ctx: ctx, environ: environ, stdin: stdin, stdout: stdout}
+	c := credCmd{ctx: ctx, environ: environ, stdin: stdin, stdout: stdout, stderr: stderr}
 	switch sub {
 	case "import":
 		return c.importCmd(rest)
@@ -55,6 +55,10 @@ func credentialsCommand(ctx context.Context, args, environ []string, stdin io.Re
 		return c.put(rest)
 	case "rotate-key":
 		return c.rotateKey(rest)
+	case "migrate":
+		return c.migrate(rest)
+	case "export":
+		return c.export(rest)
 	default:
 		return usageError{fmt.Sprintf("unknown credentials subcommand %q (%s)", sub, subcommands)}
 	}
@@ -65,8 +69,17 @@ type credCmd struct {
 	environ []string
 	stdin   io.Reader
 	stdout  io.Writer
+	stderr  io.Writer // warnings; nil discards them
 	envFile string
 	cfg     *config.Config
+}
+
+// stderrW is where warnings go.
+func (c *credCmd) stderrW() io.Writer {
+	if c.stderr == nil {
+		return io.Discard
+	}
+	return c.stderr
 }
 
 // flags returns a flag set with the common --env-file.
@@ -149,6 +162,7 @@ func newSealer(cfg *config.Config) (*credentials.Sealer, error) {
 func (c *credCmd) importCmd(args []string) error {
 	fs := c.flags("import")
 	replace := fs.Bool("replace", false, "replace the whole store")
+	keyFile := fs.String("from-encryption-key-file", "", "keys of an encrypted document (default: PLEO_PROXY_ENCRYPTION_KEY or _FILE)")
 	if help, err := c.parse(fs, args, usageImport); help || err != nil {
 		return err
 	}
@@ -176,16 +190,33 @@ func (c *credCmd) importCmd(args []string) error {
 		var peek struct {
 			Encryption json.RawMessage `json:"encryption"`
 		}
-		if json.Unmarshal(data, &peek) == nil && peek.Encryption != nil {
-			return errors.New("import: nothing written: this is an encrypted store file; import takes the plain format (interface.md section 4)")
+		if json.Unmarshal(data, &peek) != nil || peek.Encryption == nil {
+			return fmt.Errorf("import: nothing written: %w", err)
 		}
-		return fmt.Errorf("import: nothing written: %w", err)
+		// An encrypted store file (a copy of the file store): read it with its keys.
+		keys, err := c.migrateKeys(*keyFile, "--from-encryption-key-file")
+		if err != nil {
+			return err
+		}
+		sealer, err := sealerFor(keys)
+		if err != nil {
+			return fmt.Errorf("import: nothing written: %w", err)
+		}
+		if creds, err = credentials.ParseFile(data, sealer); err != nil {
+			return fmt.Errorf("import: nothing written: %w", err)
+		}
 	}
 	store, err := c.open()
 	if err != nil {
 		return err
 	}
 	defer store.Close()
+	existing, err := store.List(c.ctx)
+	if err != nil {
+		return fmt.Errorf("import: nothing written: %w", err)
+	}
+	// Import replaces the stored records (its contract); it warns about each older one.
+	newerWins(creds, existing, true, c.stderrW(), "import")
 	if err := store.PutAll(c.ctx, creds, *replace); err != nil {
 		return fmt.Errorf("import: nothing written: %w", err)
 	}

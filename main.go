@@ -50,7 +50,8 @@ const usage = `usage: pleo-auth-proxy [command]
 
 commands:
   serve [--env-file PATH] [--dev]   run the sidecar (the default command)
-  credentials import [--replace] FILE|-
+  credentials import [--replace] [--from-encryption-key-file PATH] FILE|-
+                                    load a plain or an encrypted credentials document
   credentials list [--json]
   credentials delete COMPANY_ID
   credentials put (--company ID | --discover-company) --type standalone_api_key|integrated_api_key
@@ -59,6 +60,13 @@ commands:
                                     (never the command line); --discover-company learns the
                                     company from GET {upstream}/v1/installations/me
   credentials rotate-key            re-seal every stored secret with the newest encryption key
+  credentials migrate --from STORE --to STORE [--from-encryption-key-file PATH]
+                  [--to-encryption-key-file PATH | --to-plain] [--merge [--force]]
+                                    copy every credential to another store, all or nothing,
+                                    and check every record there
+  credentials export --reveal-secrets
+                                    print every credential, secrets in the clear, as an
+                                    import document (for backups; see docs on restoring)
   healthcheck                       exit 0 when the admin listener's /healthz answers 200
   version                           print the version
 `
@@ -73,7 +81,7 @@ func run(ctx context.Context, args, environ []string, stdin io.Reader, stdout, s
 	case "serve":
 		return serve(ctx, rest, environ, stdout, stderr)
 	case "credentials":
-		return credentialsCommand(ctx, rest, environ, stdin, stdout)
+		return credentialsCommand(ctx, rest, environ, stdin, stdout, stderr)
 	case "healthcheck":
 		return healthcheck(ctx, environ)
 	case "version":

@@ -1087,3 +1087,11 @@ func sealedKeyIDs(records []Record) []string {
 	}
 	return ids
 }
+
+// ParseFile decodes a credentials document in either of the file store's formats, plain or
+// encrypted (see FileEncryption), and validates it as Parse does. An encrypted document needs
+// sealer, holding the key of every value in it; a plain one is read with or without.
+func ParseFile(data []byte, sealer *Sealer) ([]Credential, error) {
+	creds, _, err := parseFile(data, sealer)
+	return creds, err
+}
