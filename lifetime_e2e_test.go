@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -338,5 +339,106 @@ func TestLifetimeE2EPlaintextRefusedWithKey(t *testing.T) {
 	}
 	if strings.Contains(logsOf(s)+logsOf(s2), good.RefreshToken.Reveal()) {
 		t.Error("a refresh token reached the log")
+	}
+}
+
+// getWithToken sends one request for company with a client token and returns the status.
+func getWithToken(t *testing.T, s *sidecar, company, token string) int {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+s.data+"/v1/export-jobs", nil)
+	req.Header.Set("X-Pleo-Company-Id", company)
+	req.Header.Set("Proxy-Authorization", "Bearer "+token)
+	resp, err := faultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// PLEO_PROXY_CLIENT_TOKENS_FILE rotated: the old token is refused (407) and the new one
+// accepted, without a restart.
+func TestLifetimeE2EClientTokensFileRotates(t *testing.T) {
+	srv := oauthtest.NewServer(t, oauthtest.Options{})
+	dir := t.TempDir()
+	store := filepath.Join(dir, "credentials.json")
+	writeCredentials(t, store, grantedCredential(t, srv, lifetimeCompany, time.Now().Add(time.Hour)))
+	const oldToken, newToken = "client-token-old-00000001", "client-token-new-00000002"
+	tokens := filepath.Join(dir, "client-tokens")
+	writeRenamed(t, tokens, oldToken+"\n")
+	s := startSidecar(t, oauthSidecarEnv(srv, "file://"+store, "PLEO_PROXY_CLIENT_TOKENS_FILE="+tokens, "PLEO_PROXY_STORE_POLL_INTERVAL=200ms"))
+	if code := getWithToken(t, s, lifetimeCompany, oldToken); code != http.StatusOK {
+		t.Fatalf("the old token before the rotation: %d", code)
+	}
+	writeRenamed(t, tokens, "other-token-0000000003\n"+newToken+"\n")
+	testenv.WaitFor(t, "the new client token to be taken", 10*time.Second, func() bool {
+		return getWithToken(t, s, lifetimeCompany, newToken) == http.StatusOK
+	})
+	if code := getWithToken(t, s, lifetimeCompany, oldToken); code != http.StatusProxyAuthRequired {
+		t.Fatalf("the old token after the rotation: %d, want 407", code)
+	}
+	if v := metricValue(t, s, `pleo_proxy_secret_reloads_total{result="success",secret="client_tokens"}`); v != 1 {
+		t.Fatalf("client_tokens reloads = %v, want 1", v)
+	}
+}
+
+// PLEO_PROXY_ENCRYPTION_KEY_FILE rotated while the sidecar runs: the file gets NEW,OLD, the
+// operator re-seals the store with NEW (credentials rotate-key, another process); the sidecar
+// reads the re-sealed file (whichever of the two it notices first), keeps serving, and its
+// own writes seal with NEW. A key file holding garbage keeps the keys in use.
+func TestLifetimeE2EEncryptionKeyFileRotates(t *testing.T) {
+	srv := oauthtest.NewServer(t, oauthtest.Options{})
+	dir := t.TempDir()
+	store := filepath.Join(dir, "credentials.json")
+	_, oldKey := cliKey(191)
+	rawNew, newKey := cliKey(192)
+	keyFile := filepath.Join(dir, "encryption-key")
+	writeRenamed(t, keyFile, oldKey+"\n")
+	cliEnv := []string{"PATH=" + os.Getenv("PATH"), "PLEO_PROXY_STORE=file://" + store, "PLEO_PROXY_ENCRYPTION_KEY_FILE=" + keyFile}
+	doc, err := credentials.Marshal([]credentials.Credential{grantedCredential(t, srv, lifetimeCompany, time.Now().Add(time.Hour))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustCLI(t, cliEnv, string(doc), "credentials", "import", "-")
+	s := startSidecar(t, oauthSidecarEnv(srv, "file://"+store, "PLEO_PROXY_ENCRYPTION_KEY_FILE="+keyFile, "PLEO_PROXY_STORE_POLL_INTERVAL=200ms"))
+	if code := getStatus(t, s, lifetimeCompany); code != http.StatusOK {
+		t.Fatalf("before: %d", code)
+	}
+
+	writeRenamed(t, keyFile, newKey+","+oldKey+"\n")
+	mustCLI(t, cliEnv, "", "credentials", "rotate-key")
+	if ids := cliSealedKeyIDs(t, store); !slices.Equal(ids, []string{credentials.KeyID(rawNew)}) {
+		t.Fatalf("rotate-key sealed with %v", ids)
+	}
+	ok := `pleo_proxy_secret_reloads_total{result="success",secret="encryption_key"}`
+	testenv.WaitFor(t, "the new keys and the re-sealed file", 10*time.Second, func() bool {
+		code, _ := readyz(t, s)
+		return metricValue(t, s, ok) == 1 && code == http.StatusOK
+	})
+	// A refresh: the sidecar writes the file, with the newest key.
+	srv.RevokeAccessTokens(lifetimeCompany)
+	if code := getStatus(t, s, lifetimeCompany); code != http.StatusOK {
+		t.Fatalf("a refresh after the rotation: %d\n%s", code, logsOf(s))
+	}
+	if ids := cliSealedKeyIDs(t, store); !slices.Equal(ids, []string{credentials.KeyID(rawNew)}) {
+		t.Fatalf("the sidecar wrote with %v", ids)
+	}
+
+	writeRenamed(t, keyFile, "not-a-key\n")
+	bad := `pleo_proxy_secret_reloads_total{result="error",secret="encryption_key"}`
+	testenv.WaitFor(t, "the garbage key file to be counted", 10*time.Second, func() bool { return metricValue(t, s, bad) == 1 })
+	srv.RevokeAccessTokens(lifetimeCompany)
+	if code := getStatus(t, s, lifetimeCompany); code != http.StatusOK {
+		t.Fatalf("a refresh after a garbage key file: %d", code)
+	}
+	if ids := cliSealedKeyIDs(t, store); !slices.Equal(ids, []string{credentials.KeyID(rawNew)}) {
+		t.Fatalf("after a garbage key file the sidecar wrote with %v", ids)
+	}
+	if logs := logsOf(s); strings.Contains(logs, newKey) || strings.Contains(logs, oldKey) {
+		t.Error("a key reached the log")
+	}
+	if st := srv.Stats(); st.ReuseDetections != 0 || st.InvalidGrants != 0 {
+		t.Fatalf("%d reuse detections, %d invalid grants", st.ReuseDetections, st.InvalidGrants)
 	}
 }
