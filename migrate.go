@@ -133,6 +133,10 @@ func runMigrate(ctx context.Context, opts migrateOptions, stdout, stderr io.Writ
 	if err != nil {
 		return fmt.Errorf("migrate: nothing written: reading %s: %w", storeName(opts.from), err)
 	}
+	if len(creds) == 0 {
+		// A mistyped file path opens as an empty store: say so rather than copy nothing.
+		return fmt.Errorf("migrate: nothing written: the source %s holds no credential (is the URL right?)", storeName(opts.from))
+	}
 	for i := range creds {
 		creds[i].ExpiresAt = migrateTime(creds[i].ExpiresAt)
 		creds[i].LastRefreshedAt = migrateTime(creds[i].LastRefreshedAt)

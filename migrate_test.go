@@ -190,6 +190,12 @@ func TestCLIMigrateMergeAndAllOrNothing(t *testing.T) {
 		t.Fatalf("a corrupt source wrote the target: %v", err)
 	}
 
+	// A source that holds nothing (a mistyped path) is refused.
+	_, stderr, code = runCLI(t, encEnv, "", "credentials", "migrate", "--from", "file://"+encPath+".typo", "--to", "file://"+fresh)
+	if code != 1 || !strings.Contains(stderr, "holds no credential") {
+		t.Fatalf("an empty source: exit %d %q", code, stderr)
+	}
+
 	// Usage errors.
 	for _, bad := range [][]string{
 		{"--from", "file://" + srcPath},

@@ -1540,7 +1540,8 @@ func TestFileStorePlainFileRefusedWithKey(t *testing.T) {
 		}
 		var logs fsLog
 		s := fsOpen(t, path, FileStoreOptions{Sealer: sealer, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-		if err := s.Ping(t.Context()); !errors.Is(err, ErrPlaintextWithKey) || !strings.Contains(err.Error(), "rotate-key") {
+		if err := s.Ping(t.Context()); !errors.Is(err, ErrPlaintextWithKey) || !strings.Contains(err.Error(), "rotate-key") ||
+			!strings.Contains(err.Error(), "serving no credentials") {
 			t.Fatalf("Ping = %v, want ErrPlaintextWithKey naming the fix", err)
 		}
 		if _, err := s.Get(t.Context(), stCompany(1)); !errors.Is(err, ErrNotFound) {
