@@ -347,8 +347,13 @@ func (s *FileStore) Delete(ctx context.Context, companyID string) error {
 // (the store keeps serving the last good credentials meanwhile).
 func (s *FileStore) Ping(ctx context.Context) error {
 	if err := s.LastReloadError(); err != nil {
-		if errors.Is(err, ErrPlaintextWithKey) && s.snap.Load().len() == 0 {
-			return fmt.Errorf("credentials: serving no credentials: %w", err) // refused at start-up
+		if errors.Is(err, ErrPlaintextWithKey) {
+			p := s.acquire()
+			n := p.len()
+			p.release()
+			if n == 0 {
+				return fmt.Errorf("credentials: serving no credentials: %w", err) // refused at start-up
+			}
 		}
 		return fmt.Errorf("credentials: serving the last good credentials: %w", err)
 	}
