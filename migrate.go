@@ -24,7 +24,7 @@ const (
 		"  STORE is a store URL: file:///absolute/path, postgres://… or postgresql://…\n" +
 		"  keys: each side uses PLEO_PROXY_ENCRYPTION_KEY (or _FILE) unless its --*-encryption-key-file names a file of keys\n" +
 		"  (the same format: base64, newest first, comma or newline separated); --to-plain writes the target unencrypted"
-	usageExport = "usage: credentials export --reveal-secrets [--env-file PATH] (prints every credential of the configured store, secrets included, as an import document)"
+	usageExport = "usage: credentials export --reveal-secrets [--env-file PATH]\n(prints every credential of the configured store, secrets included, as an import document)"
 )
 
 // migrateOptions is a parsed migrate command line.

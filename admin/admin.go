@@ -55,8 +55,12 @@ type Options struct {
 	Credentials CredentialStatus
 	// Remover backs DELETE /credentials/{company_id} (nil: that endpoint is off).
 	Remover CredentialRemover
-	// AdminToken guards GET /credentials; empty turns the endpoint off (404).
+	// AdminToken guards GET /credentials, DELETE /credentials/{company_id} and POST
+	// /connect-links; empty turns them off (404).
 	AdminToken credentials.Secret
+	// ConnectLink mints a signed connect link for a tenant, valid for a lifetime, and returns
+	// it with its expiry; it backs POST /connect-links. Nil turns the endpoint off (404).
+	ConnectLink func(tenant string, ttl time.Duration) (string, time.Time, error)
 	// EnablePprof serves /debug/pprof/.
 	EnablePprof bool
 	// Logger receives handler errors (default discard).
@@ -70,6 +74,7 @@ type Handler struct {
 	creds        CredentialStatus
 	remover      CredentialRemover
 	tokenHash    atomic.Pointer[[32]byte] // the admin token's SHA-256; nil: the endpoint is off
+	connectLink  func(tenant string, ttl time.Duration) (string, time.Time, error)
 	shuttingDown atomic.Bool
 	log          *slog.Logger
 }
@@ -79,7 +84,8 @@ func New(opts Options) *Handler {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	h := &Handler{mux: http.NewServeMux(), checks: opts.Checks, creds: opts.Credentials, remover: opts.Remover, log: opts.Logger}
+	h := &Handler{mux: http.NewServeMux(), checks: opts.Checks, creds: opts.Credentials, remover: opts.Remover, log: opts.Logger,
+		connectLink: opts.ConnectLink}
 	h.SetAdminToken(opts.AdminToken)
 	if opts.Gatherer != nil {
 		h.mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{
@@ -91,6 +97,7 @@ func New(opts Options) *Handler {
 	})
 	h.mux.HandleFunc("GET /readyz", h.readyz)
 	h.mux.HandleFunc("GET /credentials", h.credentials)
+	h.mux.HandleFunc("POST /connect-links", h.connectLinks)
 	h.mux.HandleFunc("DELETE /credentials/{company_id}", h.removeCredential)
 	if opts.EnablePprof {
 		h.mux.HandleFunc("/debug/pprof/", pprof.Index)
