@@ -22,6 +22,7 @@ type liveSecrets struct {
 	adminToken     *secretfile.Value[credentials.Secret]
 	clientTokens   *secretfile.Value[[]credentials.Secret]
 	encryptionKeys *secretfile.Value[[][]byte] // newest first; validated as NewSealer does
+	connectKeys    *secretfile.Value[[][]byte] // PLEO_PROXY_CONNECT_KEY's, newest first (none: derived)
 }
 
 // watchSecrets registers cfg's secret files with w, and adds every secret's value, now and
@@ -32,11 +33,13 @@ func watchSecrets(w *secretfile.Watcher, cfg *config.Config, set *redact.Set) *l
 		adminToken:     secretfile.Watch(w, metrics.SecretAdminToken, cfg.AdminTokenFile, cfg.AdminToken, config.ParseAdminTokenFile),
 		clientTokens:   secretfile.Watch(w, metrics.SecretClientTokens, cfg.ClientTokensFile, cfg.ClientTokens, config.ParseClientTokensFile),
 		encryptionKeys: secretfile.Watch(w, metrics.SecretEncryptionKey, cfg.EncryptionKeyFile, cfg.EncryptionKeys, parseEncryptionKeyFile),
+		connectKeys:    secretfile.Watch(w, metrics.SecretConnectKey, cfg.ConnectKeyFile, cfg.ConnectKeys, config.ParseConnectKeyFile),
 	}
 	redactAlways(s.clientSecret, set, revealSecret)
 	redactAlways(s.adminToken, set, revealSecret)
 	redactAlways(s.clientTokens, set, revealSecrets)
 	redactAlways(s.encryptionKeys, set, revealKeys)
+	redactAlways(s.connectKeys, set, revealKeys)
 	return s
 }
 

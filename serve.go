@@ -67,7 +67,7 @@ func durationText(_ []string, a slog.Attr) slog.Attr {
 
 // configSecrets lists the configuration's secret values, for redaction by value.
 func configSecrets(cfg *config.Config) []string {
-	out := []string{cfg.OAuthClientSecret.Reveal(), cfg.AdminToken.Reveal()}
+	out := []string{cfg.OAuthClientSecret.Reveal(), cfg.AdminToken.Reveal(), cfg.EventsKey.Reveal()}
 	for _, t := range cfg.ClientTokens {
 		out = append(out, t.Reveal())
 	}
@@ -161,6 +161,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
+	links.followKeys(live, log)
 	notifier, err := newNotifier(cfg, rawStore, links, log, metrics.NewEvents(reg))
 	if err != nil {
 		return err

@@ -186,14 +186,16 @@ type Config struct {
 
 	// The paths of the secrets given as files (PLEO_PROXY_OAUTH_CLIENT_SECRET_FILE,
 	// PLEO_PROXY_ADMIN_TOKEN_FILE, PLEO_PROXY_CLIENT_TOKENS_FILE,
-	// PLEO_PROXY_ENCRYPTION_KEY_FILE), empty when the secret is given directly or not at all.
-	// The server re-reads them when they change (package secretfile), parsing the new content
-	// with ParseOAuthClientSecretFile, ParseAdminTokenFile, ParseClientTokensFile and
-	// ParseEncryptionKeyFile.
+	// PLEO_PROXY_ENCRYPTION_KEY_FILE, PLEO_PROXY_CONNECT_KEY_FILE), empty when the secret is
+	// given directly or not at all. The server re-reads them when they change (package
+	// secretfile), parsing the new content with ParseOAuthClientSecretFile,
+	// ParseAdminTokenFile, ParseClientTokensFile, ParseEncryptionKeyFile and
+	// ParseConnectKeyFile.
 	OAuthClientSecretFile string
 	AdminTokenFile        string
 	ClientTokensFile      string
 	EncryptionKeyFile     string
+	ConnectKeyFile        string
 }
 
 // minEventsKeyBytes is the shortest PLEO_PROXY_EVENTS_KEY (events.MinKeyBytes).
@@ -369,6 +371,7 @@ func Parse(environ map[string]string) (*Config, error) {
 	c.AdminTokenFile = r.AdminTokenFile
 	c.ClientTokensFile = r.ClientTokensFile
 	c.EncryptionKeyFile = r.EncryptionKeyFile
+	c.ConnectKeyFile = r.ConnectKeyFile
 	c.OAuthClientID = r.OAuthClientID
 	c.OAuthClientSecret = credentials.Secret(p.secret("OAUTH_CLIENT_SECRET"))
 	c.OAuthTokenURL = p.url("OAUTH_TOKEN_URL", r.OAuthTokenURL, defaults.token, false)

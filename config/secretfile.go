@@ -46,6 +46,17 @@ func ParseEncryptionKeyFile(data []byte) ([][]byte, error) {
 	return keys, p.asFileErrors("ENCRYPTION_KEY")
 }
 
+// ParseConnectKeyFile reads the content of PLEO_PROXY_CONNECT_KEY_FILE: base64 keys of at
+// least ConnectKeySize bytes separated by commas or newlines, newest first, at least one.
+func ParseConnectKeyFile(data []byte) ([][]byte, error) {
+	if _, err := parseSecretFile("CONNECT_KEY", data); err != nil {
+		return nil, err
+	}
+	p := &parser{env: map[string]string{Prefix + "CONNECT_KEY": string(data)}}
+	keys := p.connectKeys("CONNECT_KEY")
+	return keys, p.asFileErrors("CONNECT_KEY")
+}
+
 // parseSecretFile trims trailing white space as Parse does, and refuses an empty file.
 func parseSecretFile(name string, data []byte) (credentials.Secret, error) {
 	s := strings.TrimRight(string(data), " \t\r\n")
