@@ -375,9 +375,10 @@ func (s *Server) SetTokenDelay(d time.Duration) { s.tokenDelay.Store(int64(d)) }
 type RefreshStage int
 
 const (
-	// RefreshReceived: the request arrived; nothing was processed yet. A hook that blocks
-	// here holds the request unanswered (the refresh is processed once it returns, even if
-	// the client has gone away meanwhile, as a server that took the request may).
+	// RefreshReceived: the request arrived; nothing was processed yet, and no delay
+	// (SetTokenDelay) or failure (SetTokenFailure) applied. A hook that blocks here holds the
+	// request unanswered (the refresh is processed once it returns, even if the client has
+	// gone away meanwhile, as a server that took the request may).
 	RefreshReceived RefreshStage = iota
 	// RefreshProcessed: the refresh was processed (on success the refresh token is rotated
 	// and the used one spent) and its answer is not written yet.
@@ -396,8 +397,8 @@ type RefreshEvent struct {
 }
 
 // SetRefreshHook makes the token endpoint call fn, synchronously, at each stage of every
-// refresh_token request that is processed (not those answered by SetTokenFailure); nil
-// removes it. fn may block: the request waits for it, so a test can act at an exact point,
+// refresh_token request (a request answered by SetTokenFailure, or abandoned during a
+// SetTokenDelay, is only received); nil removes it. fn may block: the request waits for it, so a test can act at an exact point,
 // for instance stop the client's process once its refresh was rotated but before the answer
 // is written, or hold the request unanswered.
 func (s *Server) SetRefreshHook(fn func(RefreshEvent)) {
@@ -520,7 +521,11 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		lockKey = "ac:" + r.PostForm.Get("code")
 	}
 
-	if d := time.Duration(s.tokenDelay.Load()); d > 0 {
+	// The delay applying to this request is read before the hook runs: a hook may change it
+	// for later requests only.
+	delay := time.Duration(s.tokenDelay.Load())
+	s.refreshEvent(grant, RefreshEvent{Stage: RefreshReceived, RemoteAddr: r.RemoteAddr})
+	if d := delay; d > 0 {
 		t := time.NewTimer(d)
 		select {
 		case <-t.C:
@@ -544,7 +549,6 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	s.refreshEvent(grant, RefreshEvent{Stage: RefreshReceived, RemoteAddr: r.RemoteAddr})
 	// One request at a time per code or refresh token, like a database
 	// transaction would give: the loser of a race sees the token as used.
 	if lockKey != "" {
