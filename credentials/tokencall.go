@@ -39,7 +39,7 @@ type refreshBudgets struct {
 	// cancelled then.
 	wait time.Duration
 	// grace is how much longer, in real time, a deadline that fired without a response byte
-	// waits before giving up: T/4, between 100 ms and 1 s.
+	// waits before giving up: T/4, at least 100 ms (at most T/2) and at most 1 s.
 	grace time.Duration
 	// answer bounds the request until the first byte of its response: 2T (plus grace).
 	answer time.Duration
@@ -53,7 +53,7 @@ type refreshBudgets struct {
 }
 
 // leaseFactor times TokenTimeout is how long a refresh lease lasts: longer than the lock wait,
-// the token call (answer, grace and read bounds) and the commit together (5¼ T), so a late
+// the token call (answer, grace and read bounds) and the commit together (at most 5½ T), so a late
 // answer is stored before any other replica may present the refresh token; short enough that
 // a replica that died between the token endpoint's answer and its commit blocks the credential
 // for a bounded time.
@@ -63,7 +63,7 @@ func newRefreshBudgets(t time.Duration) refreshBudgets {
 	return refreshBudgets{
 		lockWait: t,
 		wait:     t,
-		grace:    min(max(t/4, 100*time.Millisecond), time.Second),
+		grace:    min(max(t/4, 100*time.Millisecond), t/2, time.Second),
 		answer:   2 * t,
 		read:     t,
 		commit:   t,
