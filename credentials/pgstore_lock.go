@@ -181,9 +181,15 @@ func (l *pgLock) Release(ctx context.Context) error {
 	if !l.leased {
 		return nil
 	}
-	if _, err := l.conn.Exec(ctx, `UPDATE pleo_proxy_credentials SET refresh_lease_holder = NULL,
-			refresh_lease_until = NULL WHERE company_id = $1 AND refresh_lease_holder = $2`, l.id, l.s.origin); err != nil {
-		return storeUnavailable("refresh lease release", err)
+	const clear = `UPDATE pleo_proxy_credentials SET refresh_lease_holder = NULL,
+			refresh_lease_until = NULL WHERE company_id = $1 AND refresh_lease_holder = $2`
+	if _, err := l.conn.Exec(ctx, clear, l.id, l.s.origin); err != nil {
+		// The lock's connection may be what failed (a lease write cut short by its deadline
+		// closes it): clear the lease on another one. Release is only called when the
+		// refresh's outcome is known (Hold keeps a lease whose outcome is not).
+		if _, err := l.s.pool.Exec(ctx, clear, l.id, l.s.origin); err != nil {
+			return storeUnavailable("refresh lease release", err)
+		}
 	}
 	l.leased = false
 	return nil
