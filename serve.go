@@ -47,11 +47,21 @@ func loadConfig(environ []string, envFile string, overlay map[string]string) (*c
 }
 
 // newLogHandler builds the process log handler: tint text (colour only on a terminal) or JSON.
+// JSON writes durations as text with their unit ("1.5s"), as the text handler does, not as
+// bare nanoseconds.
 func newLogHandler(cfg *config.Config, w io.Writer) slog.Handler {
 	if cfg.LogFormat == "json" {
-		return slog.NewJSONHandler(w, &slog.HandlerOptions{Level: cfg.LogLevel})
+		return slog.NewJSONHandler(w, &slog.HandlerOptions{Level: cfg.LogLevel, ReplaceAttr: durationText})
 	}
 	return tint.NewTextHandler(w, &tint.Options{Level: cfg.LogLevel, NoColor: !isTerminal(w), TimeFormat: time.RFC3339})
+}
+
+// durationText is a ReplaceAttr that writes a duration as its String ("1.5s").
+func durationText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
 }
 
 // configSecrets lists the configuration's secret values, for redaction by value.
@@ -80,16 +90,17 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
+// usageServe is serve's usage line.
+const usageServe = "usage: serve [--env-file PATH] [--dev]\n" +
+	"The configuration comes from PLEO_PROXY_* environment variables (config.example.env lists them);\n" +
+	"--dev runs against an embedded mock Pleo with demo companies."
+
 func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	envFile := fs.String("env-file", "", "load a dotenv file first (the process environment wins)")
 	dev := fs.Bool("dev", false, "run against an embedded mock Pleo with demo companies (no account, no network)")
-	if err := fs.Parse(args); err != nil {
-		return usageError{""}
-	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Sprintf("serve takes no arguments, got %q", fs.Args())}
+	if help, err := noArgs(fs, invocation{args: args, stdout: stdout}, usageServe); help || err != nil {
+		return err
 	}
 
 	var mock *devPleo
@@ -244,12 +255,22 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	var runErr error
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down", "timeout", cfg.ShutdownTimeout)
+		log.Info("shutting down", "delay", cfg.ShutdownDelay, "timeout", cfg.ShutdownTimeout)
 	case runErr = <-serveErr:
 		log.Error("listener failed", "error", runErr)
 	}
-	// Readiness first, then stop accepting and drain, then give up.
+	// Readiness first, then keep serving for the delay, then stop accepting and drain, then
+	// give up.
 	adminHandler.SetShuttingDown()
+	if runErr == nil && cfg.ShutdownDelay > 0 {
+		// Answers during the delay close their connection, so that callers' pools hold no
+		// idle connection that the drain would close under a request being sent.
+		dataSrv.SetKeepAlivesEnabled(false)
+		if connectSrv != nil {
+			connectSrv.SetKeepAlivesEnabled(false)
+		}
+		runErr = shutdownDelay(cfg.ShutdownDelay, laterSignals(ctx), serveErr, log)
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	// The connect listener drains beside the data listener: a callback in flight finishes
@@ -285,6 +306,29 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// shutdownDelay keeps the listeners serving for delay after the first SIGTERM, readiness
+// already failing: in a classic sidecar, Kubernetes signals the app and the sidecar at once,
+// and the app may still be finishing its work. A later SIGTERM or SIGINT (hurry) ends the
+// delay at once; so does a listener failing, whose error it returns.
+func shutdownDelay(delay time.Duration, hurry <-chan os.Signal, serveErr <-chan error, log *slog.Logger) error {
+	if delay <= 0 {
+		return nil
+	}
+	log.Info("readiness failing; still serving new requests for the shutdown delay", "delay", delay)
+	timer := time.NewTimer(delay)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return nil
+	case sig := <-hurry:
+		log.Info("second signal: shutdown delay cut short", "signal", sig.String())
+		return nil
+	case err := <-serveErr:
+		log.Error("listener failed", "error", err)
+		return err
+	}
 }
 
 // newConnectServer binds PLEO_PROXY_CONNECT_ADDR and builds the consent flow's server, or
@@ -403,6 +447,10 @@ func (r remover) Disconnect(ctx context.Context, companyID string, force bool) (
 	got, err := r.disconnector.Disconnect(ctx, companyID, force)
 	return got.Revoked, got.RevokeErr, err
 }
+
+// usageHealthcheck is healthcheck's usage.
+const usageHealthcheck = "usage: healthcheck\n" +
+	"Asks GET /healthz of the admin listener (PLEO_PROXY_ADMIN_ADDR, on 127.0.0.1 when it names no host); exit 0 on 200, 1 otherwise."
 
 // healthcheck asks the admin listener's /healthz, for container health checks.
 func healthcheck(ctx context.Context, environ []string) error {

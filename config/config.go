@@ -168,6 +168,9 @@ type Config struct {
 	TokenTimeout time.Duration
 	// ShutdownTimeout bounds the graceful shutdown (PLEO_PROXY_SHUTDOWN_TIMEOUT).
 	ShutdownTimeout time.Duration
+	// ShutdownDelay is how long the data listener keeps serving new connections after
+	// SIGTERM, readiness already failing, before the drain (PLEO_PROXY_SHUTDOWN_DELAY).
+	ShutdownDelay time.Duration
 	// StorePollInterval is how often the file store looks for changes made by others
 	// (PLEO_PROXY_STORE_POLL_INTERVAL); at most MaxStorePollInterval.
 	StorePollInterval time.Duration
@@ -220,6 +223,7 @@ type raw struct {
 	LogLevel              string `env:"LOG_LEVEL" envDefault:"info"`
 	TokenTimeout          string `env:"TOKEN_TIMEOUT" envDefault:"10s"`
 	ShutdownTimeout       string `env:"SHUTDOWN_TIMEOUT" envDefault:"20s"`
+	ShutdownDelay         string `env:"SHUTDOWN_DELAY" envDefault:"0s"`
 	StorePollInterval     string `env:"STORE_POLL_INTERVAL" envDefault:"2s"`
 	EnablePprof           string `env:"ENABLE_PPROF" envDefault:"false"`
 }
@@ -390,6 +394,7 @@ func Parse(environ map[string]string) (*Config, error) {
 	c.LogLevel = p.logLevel("LOG_LEVEL", r.LogLevel)
 	c.TokenTimeout = p.duration("TOKEN_TIMEOUT", r.TokenTimeout, false)
 	c.ShutdownTimeout = p.duration("SHUTDOWN_TIMEOUT", r.ShutdownTimeout, false)
+	c.ShutdownDelay = p.duration("SHUTDOWN_DELAY", r.ShutdownDelay, true)
 	c.StorePollInterval = p.duration("STORE_POLL_INTERVAL", r.StorePollInterval, false)
 	if c.StorePollInterval > MaxStorePollInterval {
 		p.add("STORE_POLL_INTERVAL", nil, "%q is more than %s (changes by others must be picked up within %s)",
@@ -899,6 +904,7 @@ func (c Config) summary() []slog.Attr {
 		slog.String("log_level", strings.ToLower(c.LogLevel.String())),
 		slog.String("token_timeout", c.TokenTimeout.String()),
 		slog.String("shutdown_timeout", c.ShutdownTimeout.String()),
+		slog.String("shutdown_delay", c.ShutdownDelay.String()),
 		slog.String("store_poll_interval", c.StorePollInterval.String()),
 		slog.Bool("enable_pprof", c.EnablePprof),
 	}

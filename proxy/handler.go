@@ -247,7 +247,9 @@ func (h *Handler) finish(rw *recorder, r *http.Request, st *requestState, start 
 		slog.String("method", r.Method),
 		slog.String("path", r.URL.Path),
 		slog.Int("status", status),
-		slog.Duration("duration", d),
+		// Named by its unit, the same in text and JSON (slog.Duration is bare nanoseconds
+		// in JSON).
+		slog.Float64("duration_ms", float64(d)/float64(time.Millisecond)),
 		slog.String("company_id", st.companyID),
 		slog.String("credential_type", ct),
 		slog.Int("attempts", st.attempts),
