@@ -263,7 +263,7 @@ func (c *credCmd) disconnect(args []string) error {
 		return err
 	}
 	defer broker.Close()
-	notifier, err := newNotifier(cfg, store, slog.New(slog.DiscardHandler), nil)
+	notifier, err := newNotifier(cfg, store, nil, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		return err
 	}

@@ -56,7 +56,7 @@ func TestHelpEveryCommand(t *testing.T) {
 // TestCommandLine: the top-level help, the default command, and the answers to wrong names,
 // through the built binary.
 func TestCommandLine(t *testing.T) {
-	top := []string{"usage: pleo-auth-proxy [command]", "serve [--env-file PATH] [--dev]", "credentials import", "credentials put", "healthcheck", "version"}
+	top := []string{"usage: pleo-auth-proxy [command]", "serve [--env-file PATH] [--dev]", "credentials import", "credentials put", "connect-link [--env-file PATH] --tenant T", "healthcheck", "version"}
 	cases := []struct {
 		name       string
 		args       []string
@@ -74,7 +74,9 @@ func TestCommandLine(t *testing.T) {
 			[]string{"credentials import", "credentials list", "credentials delete", "credentials put", "credentials rotate-key"}, nil, ""},
 		{"help of a subcommand", []string{"help", "credentials", "list"}, 0, []string{"usage: credentials list", "-json"}, nil, ""},
 		{"version", []string{"version"}, 0, []string{"pleo-auth-proxy "}, nil, ""},
-		{"unknown command", []string{"frobnicate"}, 2, nil, []string{`unknown command "frobnicate"`, "serve, credentials, healthcheck", "version"}, ""},
+		{"connect-link help lists its flags", []string{"connect-link", "-h"}, 0, []string{"usage: connect-link", "-tenant", "-ttl", "-env-file"}, nil, ""},
+		{"help connect-link", []string{"help", "connect-link"}, 0, []string{"usage: connect-link"}, nil, ""},
+		{"unknown command", []string{"frobnicate"}, 2, nil, []string{`unknown command "frobnicate"`, "serve, credentials, connect-link, healthcheck", "version"}, ""},
 		{"help of an unknown command", []string{"help", "frobnicate"}, 2, nil, []string{`unknown command "frobnicate"`, "credentials"}, ""},
 		{"unknown subcommand", []string{"credentials", "frob"}, 2, nil, []string{`unknown credentials subcommand "frob"`, "import, list, delete, ", "rotate-key"}, ""},
 		{"no subcommand", []string{"credentials"}, 2, nil, []string{"needs a subcommand", "import, list"}, ""},

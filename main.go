@@ -108,6 +108,10 @@ func commands() []*command {
 				return serve(ctx, inv.args, inv.environ, inv.stdout, inv.stderr)
 			}},
 		{name: "credentials", summary: "manage the stored credentials", subs: credentialsCommands()},
+		{name: "connect-link", usage: usageConnectLink, summary: "print a signed consent link for a tenant, valid for --ttl (default 1h, at most 168h), on the host of PLEO_PROXY_OAUTH_REDIRECT_URL",
+			run: func(_ context.Context, inv invocation) error {
+				return connectLinkCommand(inv.args, inv.environ, inv.stdout, inv.stderr)
+			}},
 		{name: "healthcheck", usage: usageHealthcheck, summary: "exit 0 when the admin listener's /healthz answers 200 (for container health checks)",
 			run: func(ctx context.Context, inv invocation) error {
 				if help, err := noArgs(flag.NewFlagSet("healthcheck", flag.ContinueOnError), inv, usageHealthcheck); help || err != nil {

@@ -73,6 +73,9 @@ func configSecrets(cfg *config.Config) []string {
 	for _, k := range cfg.EncryptionKeys {
 		out = append(out, base64.StdEncoding.EncodeToString(k), string(k))
 	}
+	for _, k := range cfg.ConnectKeys {
+		out = append(out, base64.StdEncoding.EncodeToString(k), string(k))
+	}
 	if u, err := url.Parse(cfg.Store); err == nil && u.User != nil {
 		if p, ok := u.User.Password(); ok {
 			out = append(out, p)
@@ -144,7 +147,11 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 			return err
 		}
 	}
-	notifier, err := newNotifier(cfg, rawStore, log, metrics.NewEvents(reg))
+	links, err := connectLinksOf(cfg, log)
+	if err != nil {
+		return err
+	}
+	notifier, err := newNotifier(cfg, rawStore, links, log, metrics.NewEvents(reg))
 	if err != nil {
 		return err
 	}
@@ -182,6 +189,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		Transport:        upstreamTransport,
 		Logger:           log,
 		Metrics:          m,
+		ReconnectURL:     reconnectHook(store, links),
 	})
 	if err != nil {
 		return err
@@ -203,6 +211,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 			OnDisconnected: func(c credentials.Credential) { notifier.Notify(c, events.Disconnected) }}},
 		AdminToken:  cfg.AdminToken,
+		ConnectLink: links.mint(),
 		EnablePprof: cfg.EnablePprof,
 		Logger:      log,
 	})
@@ -220,7 +229,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	dataSrv := proxy.NewServer(handler, log)
 	adminSrv := &http.Server{Handler: adminHandler, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 60 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10, ErrorLog: errLog}
-	connectSrv, connectLn, err := newConnectServer(cfg, mock, store, log, m, secrets, errLog, notifier)
+	connectSrv, connectLn, err := newConnectServer(cfg, mock, store, links, log, m, secrets, errLog, notifier)
 	if err != nil {
 		dataLn.Close()
 		adminLn.Close()
@@ -249,7 +258,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		"admin", adminLn.Addr().String(), "connect", connectAddr, "upstream", cfg.UpstreamURL.String(), "store", cfg.RedactedStore(), "dev", *dev,
 		"memory_limit", memoryLimitText(memLimit), "memory_limit_from", memSource, "max_client_conns", cfg.MaxClientConns)
 	if mock != nil {
-		mock.printTry(stdout, dataLn.Addr().String(), adminLn.Addr().String(), connectAddr, cfg)
+		mock.printTry(stdout, dataLn.Addr().String(), adminLn.Addr().String(), connectAddr, cfg, links)
 	}
 
 	var runErr error
@@ -333,7 +342,7 @@ func shutdownDelay(delay time.Duration, hurry <-chan os.Signal, serveErr <-chan 
 
 // newConnectServer binds PLEO_PROXY_CONNECT_ADDR and builds the consent flow's server, or
 // returns nils when the address is empty (the flow is off).
-func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store, logger *slog.Logger,
+func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store, links *connectLinks, logger *slog.Logger,
 	m *metrics.Metrics, secrets *redact.Set, errLog *log.Logger, notifier *events.Notifier) (*http.Server, net.Listener, error) {
 	if cfg.ConnectAddr == "" {
 		return nil, nil, nil
@@ -353,21 +362,23 @@ func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store
 			"a flow must end on the replica that started it")
 	}
 	h, err := connect.New(connect.Options{
-		ClientID:     cfg.OAuthClientID,
-		ClientSecret: cfg.OAuthClientSecret,
-		AuthorizeURL: cfg.OAuthAuthorizeURL,
-		TokenURL:     cfg.OAuthTokenURL,
-		RedirectURL:  cfg.OAuthRedirectURL,
-		Scopes:       cfg.OAuthScopes,
-		SuccessURL:   cfg.ConnectSuccessURL,
-		Upstream:     cfg.UpstreamURL,
-		Store:        store,
-		StateKeys:    cfg.EncryptionKeys,
-		HTTPClient:   &http.Client{Timeout: cfg.TokenTimeout, Transport: proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)},
-		Logger:       logger.With("listener", "connect"),
-		Metrics:      m,
-		Secrets:      secrets,
-		OnConnected:  func(c credentials.Credential) { notifier.Notify(c, events.Connected) },
+		ClientID:      cfg.OAuthClientID,
+		ClientSecret:  cfg.OAuthClientSecret,
+		AuthorizeURL:  cfg.OAuthAuthorizeURL,
+		TokenURL:      cfg.OAuthTokenURL,
+		RedirectURL:   cfg.OAuthRedirectURL,
+		Scopes:        cfg.OAuthScopes,
+		SuccessURL:    cfg.ConnectSuccessURL,
+		Upstream:      cfg.UpstreamURL,
+		Store:         store,
+		StateKeys:     cfg.EncryptionKeys,
+		Links:         links.signer(),
+		UnsignedLinks: cfg.ConnectUnsignedLinks,
+		HTTPClient:    &http.Client{Timeout: cfg.TokenTimeout, Transport: proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)},
+		Logger:        logger.With("listener", "connect"),
+		Metrics:       m,
+		Secrets:       secrets,
+		OnConnected:   func(c credentials.Credential) { notifier.Notify(c, events.Connected) },
 	})
 	if err != nil {
 		ln.Close()
@@ -385,6 +396,38 @@ func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store
 		ErrorLog:       errLog,
 	}
 	return srv, ln, nil
+}
+
+// connectLinksOf returns the signer of connect links when the connect listener is on, or nil
+// (the listener off, or only unsigned links and no key). It refuses a connect listener with
+// neither a key nor PLEO_PROXY_CONNECT_UNSIGNED_LINKS, and warns about unsigned links.
+func connectLinksOf(cfg *config.Config, log *slog.Logger) (*connectLinks, error) {
+	if cfg.ConnectAddr == "" {
+		return nil, nil
+	}
+	links, err := newLinks(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.ConnectUnsignedLinks {
+		log.Warn("PLEO_PROXY_CONNECT_UNSIGNED_LINKS=true: /connect accepts any tenant_id without a signed link; " +
+			"only safe behind an ingress that authenticates and authorises /connect itself")
+	}
+	if links == nil {
+		if !cfg.ConnectUnsignedLinks {
+			return nil, errNoConnectKey
+		}
+		return nil, nil
+	}
+	return &connectLinks{links: links, cfg: cfg}, nil
+}
+
+// reconnectHook is the proxy's reconnect_url hook, or nil without signed links.
+func reconnectHook(store credentials.Store, links *connectLinks) func(string) string {
+	if links == nil {
+		return nil
+	}
+	return reconnectURLs(store, *links)
 }
 
 func clientTokens(cfg *config.Config) []credentials.Secret {
@@ -414,17 +457,18 @@ func (b brokerStatus) StatusOf(c credentials.Credential) credentials.Status {
 
 // newNotifier builds the event notifier for PLEO_PROXY_EVENTS_URL, or returns nil (events off).
 // Over PostgreSQL, replicas claim each change in the database, so one of them sends it.
-func newNotifier(cfg *config.Config, store credentials.Store, log *slog.Logger, em *metrics.EventMetrics) (*events.Notifier, error) {
+func newNotifier(cfg *config.Config, store credentials.Store, links *connectLinks, log *slog.Logger, em *metrics.EventMetrics) (*events.Notifier, error) {
 	if cfg.EventsURL == nil {
 		return nil, nil
 	}
 	claimer, _ := store.(events.Claimer)
 	n, err := events.New(events.Options{
-		URL:     cfg.EventsURL.String(),
-		Key:     cfg.EventsKey,
-		Claimer: claimer,
-		Logger:  log.With("component", "events"),
-		Metrics: em,
+		URL:          cfg.EventsURL.String(),
+		Key:          cfg.EventsKey,
+		Claimer:      claimer,
+		Logger:       log.With("component", "events"),
+		Metrics:      em,
+		ReconnectURL: links.eventLink(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("PLEO_PROXY_EVENTS_URL: %w", err)

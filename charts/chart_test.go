@@ -246,7 +246,7 @@ func secretValues(v obj) []string {
 			out = append(out, s)
 		}
 	}
-	for _, k := range []string{"oauthClientSecret", "encryptionKey", "adminToken"} {
+	for _, k := range []string{"oauthClientSecret", "encryptionKey", "adminToken", "connectKey"} {
 		add(str(dig(v, "secrets", k)))
 	}
 	for _, tok := range list(dig(v, "secrets", "clientTokens")) {
@@ -597,7 +597,7 @@ func checkPodSpecForm(t *testing.T, spec obj, values obj, standalone, native boo
 		e := e.(obj)
 		name, value := str(e["name"]), e["value"]
 		switch name {
-		case "PLEO_PROXY_OAUTH_CLIENT_SECRET", "PLEO_PROXY_ENCRYPTION_KEY", "PLEO_PROXY_ADMIN_TOKEN", "PLEO_PROXY_CLIENT_TOKENS":
+		case "PLEO_PROXY_OAUTH_CLIENT_SECRET", "PLEO_PROXY_ENCRYPTION_KEY", "PLEO_PROXY_ADMIN_TOKEN", "PLEO_PROXY_CLIENT_TOKENS", "PLEO_PROXY_CONNECT_KEY":
 			t.Errorf("%s is set in the environment; secrets must come through %s_FILE", name, name)
 		case "PLEO_PROXY_STORE":
 			if value != nil && !strings.HasPrefix(str(value), "file://") {
@@ -630,6 +630,7 @@ func checkPodSpecForm(t *testing.T, spec obj, values obj, standalone, native boo
 		"encryptionKey":     "PLEO_PROXY_ENCRYPTION_KEY_FILE",
 		"adminToken":        "PLEO_PROXY_ADMIN_TOKEN_FILE",
 		"clientTokens":      "PLEO_PROXY_CLIENT_TOKENS_FILE",
+		"connectKey":        "PLEO_PROXY_CONNECT_KEY_FILE",
 	} {
 		set := str(dig(values, "secrets", key)) != "" || len(list(dig(values, "secrets", key))) > 0 ||
 			str(dig(values, "secrets", "existingSecretKeys", key)) != ""
@@ -688,7 +689,7 @@ func checkChartSecret(t *testing.T, docs []doc, values obj) {
 	t.Helper()
 	want := map[string]string{}
 	if str(dig(values, "secrets", "existingSecret")) == "" {
-		for key, file := range map[string]string{"oauthClientSecret": "oauth-client-secret", "encryptionKey": "encryption-key", "adminToken": "admin-token"} {
+		for key, file := range map[string]string{"oauthClientSecret": "oauth-client-secret", "encryptionKey": "encryption-key", "adminToken": "admin-token", "connectKey": "connect-key"} {
 			if s := str(dig(values, "secrets", key)); s != "" {
 				want[file] = s
 			}
@@ -1088,6 +1089,8 @@ func TestConfigurationsThatCannotWorkFailToRender(t *testing.T) {
 		{"PodMonitor in sidecar mode without a selector", []string{"podMonitor.enabled=true"}, "podMonitor.selector"},
 		{"NetworkPolicy in sidecar mode", []string{"networkPolicy.enabled=true"}, "standalone"},
 		{"consent flow without a client", []string{"connect.enabled=true"}, "config.oauthClientID"},
+		{"consent flow without a link key", []string{"connect.enabled=true", "config.oauthClientID=c", "config.oauthScopes=s",
+			"config.oauthRedirectURL=https://c.example.com/callback", "secrets.oauthClientSecret=FAKE"}, "secrets.connectKey"},
 		{"sidecar.native neither auto, true nor false", []string{"sidecar.native=sometimes"}, "native"},
 		{"shutdown delay not a duration", []string{"config.shutdownDelay=soon"}, "shutdownDelay"},
 	} {
@@ -1175,7 +1178,7 @@ func TestChartMonitoringFilesAreCopiesOfDeploy(t *testing.T) {
 	}
 }
 
-// contractMetrics are the metric names interface.md section 7 and the metrics package
+// contractMetrics are the metric names of docs/reference.md and the metrics package
 // export (histograms without their _bucket/_sum/_count suffixes).
 var contractMetrics = []string{
 	"pleo_proxy_requests_total", "pleo_proxy_request_duration_seconds", "pleo_proxy_upstream_requests_total",
@@ -1388,5 +1391,45 @@ func TestDockerfile(t *testing.T) {
 		if !slices.Contains(strings.Fields(string(ignore)), want) {
 			t.Errorf(".dockerignore does not exclude %s", want)
 		}
+	}
+}
+
+// The consent flow's link key: a connect key or an encryption key to derive it from, each
+// mounted as a _FILE; without either, only an explicit connect.unsignedLinks renders, and it
+// reaches the container.
+func TestConnectLinkKeyRenders(t *testing.T) {
+	t.Parallel()
+	base := []string{"template", releaseName, chartDir, "--set", "standalone.enabled=true", "--set", "secrets.clientTokens={FAKE-t}",
+		"--set", "connect.enabled=true", "--set", "config.oauthClientID=c", "--set", "config.oauthScopes=s",
+		"--set", "config.oauthRedirectURL=https://c.example.com/callback", "--set", "secrets.oauthClientSecret=FAKE-s"}
+	for _, tc := range []struct {
+		name     string
+		set      []string
+		file     string // the _FILE variable set
+		unsigned bool
+	}{
+		{"connect key", []string{"secrets.connectKey=" + strings.Repeat("A", 44)}, "PLEO_PROXY_CONNECT_KEY_FILE", false},
+		{"derived from the encryption key", []string{"secrets.encryptionKey=" + strings.Repeat("B", 43) + "="}, "PLEO_PROXY_ENCRYPTION_KEY_FILE", false},
+		{"unsigned links", []string{"connect.unsignedLinks=true"}, "", true},
+	} {
+		args := slices.Clone(base)
+		for _, s := range tc.set {
+			args = append(args, "--set", s)
+		}
+		deps := ofKind(parseDocs(t, mustHelm(t, args...)), "Deployment")
+		if len(deps) != 1 {
+			t.Fatalf("%s: %d Deployments", tc.name, len(deps))
+		}
+		c := pleoContainer(t, dig(deps[0].Body, "spec", "template", "spec").(obj), false)
+		if tc.file != "" && envValue(c, tc.file) == "" {
+			t.Errorf("%s: %s not set", tc.name, tc.file)
+		}
+		if got := envValue(c, "PLEO_PROXY_CONNECT_UNSIGNED_LINKS"); (got == "true") != tc.unsigned {
+			t.Errorf("%s: PLEO_PROXY_CONNECT_UNSIGNED_LINKS = %q", tc.name, got)
+		}
+	}
+	// A connect key that is not base64 of at least 32 bytes is refused by the schema.
+	if _, errOut, err := runHelm(t, append(slices.Clone(base), "--set", "secrets.connectKey=short")...); err == nil || !strings.Contains(errOut, "connectKey") {
+		t.Errorf("a short connect key rendered: %v %s", err, errOut)
 	}
 }

@@ -515,8 +515,8 @@ func TestVariables(t *testing.T) {
 			t.Errorf("Variables() lacks %s", want)
 		}
 	}
-	if len(vars) != 41 {
-		t.Errorf("Variables() has %d names, want 41", len(vars))
+	if len(vars) != 44 {
+		t.Errorf("Variables() has %d names, want 44", len(vars))
 	}
 }
 

@@ -93,6 +93,7 @@ pleo-auth-proxy.secretFiles: the secrets that are configured, as a YAML list of
   (dict "value" "oauthClientSecret" "file" "oauth-client-secret" "env" "PLEO_PROXY_OAUTH_CLIENT_SECRET_FILE")
   (dict "value" "encryptionKey" "file" "encryption-key" "env" "PLEO_PROXY_ENCRYPTION_KEY_FILE")
   (dict "value" "adminToken" "file" "admin-token" "env" "PLEO_PROXY_ADMIN_TOKEN_FILE")
+  (dict "value" "connectKey" "file" "connect-key" "env" "PLEO_PROXY_CONNECT_KEY_FILE")
   (dict "value" "clientTokens" "file" "client-tokens" "env" "PLEO_PROXY_CLIENT_TOKENS_FILE") }}
 {{- $out := list }}
 {{- range $defs }}
@@ -133,8 +134,8 @@ same checks.
 {{- $v := .Values }}
 {{- $s := $v.secrets }}
 {{- if $s.existingSecret }}
-{{- if or $s.oauthClientSecret $s.encryptionKey $s.adminToken $s.clientTokens }}
-{{- fail "secrets.existingSecret is set: leave secrets.oauthClientSecret, encryptionKey, adminToken and clientTokens empty and name the keys in secrets.existingSecretKeys" }}
+{{- if or $s.oauthClientSecret $s.encryptionKey $s.adminToken $s.clientTokens $s.connectKey }}
+{{- fail "secrets.existingSecret is set: leave secrets.oauthClientSecret, encryptionKey, adminToken, clientTokens and connectKey empty and name the keys in secrets.existingSecretKeys" }}
 {{- end }}
 {{- else }}
 {{- range $k, $key := ($s.existingSecretKeys | default dict) }}
@@ -176,6 +177,10 @@ same checks.
 {{- if not (include "pleo-auth-proxy.hasSecret" (dict "root" . "name" "oauthClientSecret")) }}
 {{- fail "connect.enabled: the consent flow needs the OAuth client secret: set secrets.oauthClientSecret (or secrets.existingSecretKeys.oauthClientSecret)" }}
 {{- end }}
+{{- $linkKey := or (include "pleo-auth-proxy.hasSecret" (dict "root" . "name" "connectKey")) (include "pleo-auth-proxy.hasSecret" (dict "root" . "name" "encryptionKey")) }}
+{{- if not (or $linkKey $v.connect.unsignedLinks) }}
+{{- fail "connect.enabled: connect links are signed with PLEO_PROXY_CONNECT_KEY: set secrets.connectKey (or secrets.existingSecretKeys.connectKey), or secrets.encryptionKey to derive it from; connect.unsignedLinks=true only behind an ingress that authorises /connect itself" }}
+{{- end }}
 {{- end }}
 {{- if and $v.serviceMonitor.enabled (not $v.standalone.enabled) }}
 {{- fail "serviceMonitor.enabled needs standalone.enabled (it selects the chart's Service); in sidecar mode use podMonitor with podMonitor.selector" }}
@@ -207,6 +212,10 @@ native sidecar).
 {{- if $v.connect.enabled }}
 - name: PLEO_PROXY_CONNECT_ADDR
   value: {{ printf ":%d" (int $v.ports.connect) | quote }}
+{{- if $v.connect.unsignedLinks }}
+- name: PLEO_PROXY_CONNECT_UNSIGNED_LINKS
+  value: "true"
+{{- end }}
 {{- end }}
 {{- $vars := list
   (list "ENVIRONMENT" $v.config.environment)
