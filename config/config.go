@@ -171,7 +171,8 @@ type Config struct {
 	// LogLevel is the least severe level logged (PLEO_PROXY_LOG_LEVEL).
 	LogLevel slog.Level
 
-	// TokenTimeout bounds one call to the OAuth token endpoint (PLEO_PROXY_TOKEN_TIMEOUT).
+	// TokenTimeout is how long callers wait for the OAuth token endpoint's answer, and the unit
+	// of a refresh's other deadlines (PLEO_PROXY_TOKEN_TIMEOUT; see credentials.BrokerOptions).
 	TokenTimeout time.Duration
 	// ShutdownTimeout bounds the graceful shutdown (PLEO_PROXY_SHUTDOWN_TIMEOUT).
 	ShutdownTimeout time.Duration
