@@ -36,7 +36,7 @@ func NewServer(h http.Handler, log *slog.Logger) *http.Server {
 		log = slog.New(slog.DiscardHandler)
 	}
 	headerTimeout := ReadHeaderTimeout
-	if ph, ok := h.(*Handler); ok && len(ph.clientTokens) > 0 {
+	if ph, ok := h.(*Handler); ok && len(*ph.clientTokens.Load()) > 0 {
 		headerTimeout = ClientTokenReadHeaderTimeout
 	}
 	var protocols http.Protocols
