@@ -476,6 +476,7 @@ func checkCase(t *testing.T, sc *sidecar, cl client, s spec, results map[string]
 		case <-time.After(10 * time.Second):
 			t.Error("the upstream's download went on 10 s after the client hung up")
 		}
+		checkAborted(t, sc, requestID(key))
 	case s.method == "HEAD":
 		if len(res.Body) != 0 {
 			t.Errorf("HEAD answered with a body %q", trim(res.Body))
@@ -736,4 +737,24 @@ func curlCase(t *testing.T, curl string, c clientCase) clientResult {
 		res.Body, _ = os.ReadFile(bodyOut)
 	}
 	return res
+}
+
+// checkAborted asserts that the access log says the caller of request id went away
+// mid-response: status 499, or an "aborted" field, not the 200 already sent.
+func checkAborted(t *testing.T, sc *sidecar, id string) {
+	t.Helper()
+	var lines []map[string]any
+	deadline := time.Now().Add(5 * time.Second)
+	for len(lines) == 0 && time.Now().Before(deadline) {
+		lines = sc.accessLog(id)
+		if len(lines) == 0 {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if len(lines) != 1 {
+		t.Fatalf("%d access log lines for request %s, want 1", len(lines), id)
+	}
+	if l := lines[0]; l["status"] != float64(499) && l["aborted"] != true {
+		t.Errorf("a caller gone mid-download is logged with status %v, aborted %v: want 499 or aborted", l["status"], l["aborted"])
+	}
 }

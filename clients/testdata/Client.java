@@ -41,13 +41,13 @@ public class Client {
             String id = f[0];
             String out;
             HttpClient client = f[3].equals("2") ? h2 : h1;
-            // A case that hangs (reading a body included) is abandoned after 12 s.
+            // A case that hangs (reading a body included) is abandoned after 6 s.
             java.util.concurrent.Future<String> fut = pool.submit(() -> run(client, f));
             try {
-                out = fut.get(12, java.util.concurrent.TimeUnit.SECONDS);
+                out = fut.get(6, java.util.concurrent.TimeUnit.SECONDS);
             } catch (java.util.concurrent.TimeoutException e) {
                 fut.cancel(true);
-                out = "{\"id\":" + q(id) + ",\"status\":0,\"headers\":[],\"body_b64\":\"\",\"error\":\"hung: no answer in 12 s\"}";
+                out = "{\"id\":" + q(id) + ",\"status\":0,\"headers\":[],\"body_b64\":\"\",\"error\":\"hung: no answer in 6 s\"}";
             } catch (java.util.concurrent.ExecutionException ee) {
                 Throwable e = ee.getCause();
                 out = "{\"id\":" + q(id) + ",\"status\":0,\"headers\":[],\"body_b64\":\"\",\"error\":" + q(e.toString()) + "}";
@@ -62,7 +62,7 @@ public class Client {
         String id = f[0], method = f[1], url = f[2], bodyFile = f[5], chunks = f[6], read = f[7];
         boolean expect = f[4].equals("1");
         int hangupAfter = Integer.parseInt(f[8]);
-        HttpRequest.Builder b = HttpRequest.newBuilder(URI.create(url)).timeout(Duration.ofSeconds(8)).expectContinue(expect);
+        HttpRequest.Builder b = HttpRequest.newBuilder(URI.create(url)).timeout(Duration.ofSeconds(5)).expectContinue(expect);
         for (String h : new String(Base64.getDecoder().decode(f[9]), StandardCharsets.UTF_8).split("\n")) {
             int i = h.indexOf(": ");
             if (i > 0) b.header(h.substring(0, i), h.substring(i + 2));
