@@ -176,6 +176,8 @@ type clientResult struct {
 	Decoded bool   `json:"decoded"` // the client decodes Content-Encoding itself
 	Error   string `json:"error"`
 	Version string `json:"version"`
+	// Ms is how long the case took, in milliseconds, as the client measured it.
+	Ms float64 `json:"ms"`
 }
 
 func (r clientResult) header(name string) []string {
@@ -378,6 +380,9 @@ func checkCase(t *testing.T, sc *sidecar, cl client, s spec, results map[string]
 	}
 	if res.Error != "" {
 		t.Errorf("the client failed through the sidecar: %s", res.Error)
+	}
+	if res.Ms > 2000 {
+		t.Logf("slow: %.0f ms through the sidecar", res.Ms)
 	}
 	if res.Status != s.want() {
 		t.Errorf("status %d, want %d (body %q)", res.Status, s.want(), trim(res.Body))

@@ -39,6 +39,9 @@ func TestKeepAlive(t *testing.T) {
 				}
 			}
 			for id, res := range cl.run(t, direct) {
+				if res.Ms > 2000 {
+					t.Logf("%s straight to the upstream: slow, %.0f ms", id, res.Ms)
+				}
 				if res.Error != "" || res.Status != 200 {
 					t.Fatalf("%s straight to the upstream: status %d, error %q", id, res.Status, res.Error)
 				}
@@ -47,6 +50,9 @@ func TestKeepAlive(t *testing.T) {
 			for _, s := range run {
 				res, ok := results[s.name+"/proxy"]
 				recs := sc.up.records(caseKey(cl.name+"-ka", s.name, "proxy"))
+				if res.Ms > 2000 {
+					t.Logf("%s: slow, %.0f ms", s.name, res.Ms)
+				}
 				switch {
 				case !ok:
 					t.Errorf("%s: no result", s.name)

@@ -52,6 +52,7 @@ public class Client {
                 Throwable e = ee.getCause();
                 out = "{\"id\":" + q(id) + ",\"status\":0,\"headers\":[],\"body_b64\":\"\",\"error\":" + q(e.toString()) + "}";
             }
+            out = out.substring(0, out.length() - 1) + ",\"ms\":" + (System.nanoTime() - start) / 1e6 + "}";
             System.out.println(out);
             System.out.flush();
         }

@@ -166,11 +166,13 @@ process.on('uncaughtException', (e) => {
 for (const c of cases) {
   current = c;
   let r;
+  const start = Date.now();
   try {
     r = mode === 'fetch' ? await runFetch(c) : await runHTTP(c);
   } catch (e) {
     r = result(c, 0, [], Buffer.alloc(0), { error: String(e && e.cause ? e.cause : e) });
   }
+  r.ms = Date.now() - start;
   console.log(JSON.stringify(r));
 }
 agent.destroy();

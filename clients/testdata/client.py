@@ -187,7 +187,10 @@ def main():
         cases = json.load(f)
     runner = HTTPClientRunner() if mode == "http.client" else RequestsRunner()
     for case in cases:
-        print(json.dumps(runner.run(case)), flush=True)
+        start = now_ms()
+        r = runner.run(case)
+        r["ms"] = now_ms() - start
+        print(json.dumps(r), flush=True)
 
 
 if __name__ == "__main__":
