@@ -40,6 +40,7 @@ public class Client {
             String[] f = line.split("\t", -1);
             String id = f[0];
             String out;
+            long start = System.nanoTime();
             HttpClient client = f[3].equals("2") ? h2 : h1;
             // A case that hangs (reading a body included) is abandoned after 6 s.
             java.util.concurrent.Future<String> fut = pool.submit(() -> run(client, f));
