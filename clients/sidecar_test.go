@@ -29,6 +29,12 @@ import (
 var sidecarBin string
 
 func TestMain(m *testing.M) {
+	// PLEO_PROXY_TEST_BINARY runs the suite against a sidecar built elsewhere (another
+	// branch, a release) instead of this checkout's.
+	if bin := os.Getenv("PLEO_PROXY_TEST_BINARY"); bin != "" {
+		sidecarBin = bin
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "pleo-auth-proxy-clients")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
