@@ -235,6 +235,7 @@ var clients = []client{
 func TestRealClients(t *testing.T) {
 	sc := startSidecar(t)
 	bodies := t.TempDir()
+	hangups := 0 // clients that hung up mid-download
 	for _, cl := range clients {
 		t.Run(cl.name, func(t *testing.T) {
 			var cases []clientCase
@@ -250,11 +251,18 @@ func TestRealClients(t *testing.T) {
 				cases = append(cases, s.clientCase(cl.name, "proxy", "http://"+sc.addr, bodies))
 			}
 			results := cl.run(t, cases)
+			if results["hangup/proxy"].Status == 200 {
+				hangups++
+			}
 			for _, s := range run {
 				t.Run(s.name, func(t *testing.T) { checkCase(t, sc, cl, s, results) })
 			}
 			sc.healthy(t)
 		})
+	}
+	// Every client's hang-up is counted as 499, not as the 200 already sent.
+	if n := sc.requestsWithCode(t, "499"); n < float64(hangups) {
+		t.Errorf("pleo_proxy_requests_total counts %v requests with code 499, want at least %d (one hang-up per client)", n, hangups)
 	}
 }
 

@@ -188,6 +188,29 @@ func (s *sidecar) healthy(t *testing.T) {
 	}
 }
 
+// requestsWithCode sums pleo_proxy_requests_total over the series with this code label.
+func (s *sidecar) requestsWithCode(t *testing.T, code string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + s.admin + "/metrics")
+	if err != nil {
+		t.Fatalf("/metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	var sum float64
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "pleo_proxy_requests_total{") || !strings.Contains(line, `code="`+code+`"`) {
+			continue
+		}
+		var v float64
+		if _, err := fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v); err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
 // record is one request as the upstream received it.
 type record struct {
 	Method, URI, Proto, Host string
