@@ -64,6 +64,10 @@ type BrokerOptions struct {
 	Logger *slog.Logger
 	// Metrics records cache and refresh metrics (nil: none).
 	Metrics *metrics.Metrics
+	// SweepLeader, when set (the PostgreSQL store shared by many replicas), decides which
+	// replica runs the full background sweep; the others refresh only the credentials they
+	// hold in their cache (nil: this process always sweeps everything).
+	SweepLeader SweepLeader
 	// OnStateChange, when set, is told when this process records or sees a credential enter
 	// reauthorization_required (its refresh token rejected), unauthorized (its API key
 	// answered 401) or expired (its API key passed expires_at while the broker ran). It is
@@ -94,6 +98,7 @@ type Broker struct {
 	metrics       *metrics.Metrics
 	secrets       *redact.Set
 	onState       func(Credential, Status)
+	leader        SweepLeader
 	lastSweep     time.Time // the previous Sweep's clock reading (the broker's start at first)
 
 	cache   *lru.Cache[string, *entry]
@@ -186,6 +191,7 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 		metrics:       opts.Metrics,
 		secrets:       opts.Secrets,
 		onState:       opts.OnStateChange,
+		leader:        opts.SweepLeader,
 		lastSweep:     opts.Now(),
 		cache:         cache,
 		tenants:       tenants,
