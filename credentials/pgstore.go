@@ -73,9 +73,12 @@ type PGStore struct {
 
 	lead      pgSweepLead
 	listening atomic.Bool
-	stop      context.CancelFunc
-	done      chan struct{}
-	closed    atomic.Bool
+	listenPID atomic.Uint32 // the listener connection's backend (tests end it)
+	// beforeReconnect, when set (tests), runs before the listener reconnects.
+	beforeReconnect atomic.Pointer[func()]
+	stop            context.CancelFunc
+	done            chan struct{}
+	closed          atomic.Bool
 }
 
 var (
@@ -118,7 +121,7 @@ func OpenPGStore(ctx context.Context, rawURL string, opts PGStoreOptions) (*PGSt
 		return nil, err
 	}
 	listenCfg := cfg.ConnConfig.Copy()
-	conn, err := s.connectListener(ctx, listenCfg)
+	conn, t0, err := s.connectListener(ctx, listenCfg)
 	if err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("credentials: postgres store: listen: %w", pgSafeErr(err))
@@ -126,7 +129,7 @@ func OpenPGStore(ctx context.Context, rawURL string, opts PGStoreOptions) (*PGSt
 	s.lead.cfg = cfg.ConnConfig.Copy()
 	lctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
-	go s.listen(lctx, listenCfg, conn)
+	go s.listen(lctx, listenCfg, conn, t0)
 	return s, nil
 }
 
