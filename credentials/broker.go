@@ -394,6 +394,21 @@ func (b *Broker) remember(c Credential, gen uint64) *entry {
 	return e
 }
 
+// rememberCommitted caches c, which this process has just committed to a shared store whose
+// commit announces itself to this process, unless a change other than that announcement has
+// been announced since before the commit (gen moved by more than one): c is exactly what the
+// store held at its commit, so an earlier change does not make it stale, and a later one
+// moves gen twice (or drops the entry after it is added, under cacheMu).
+func (b *Broker) rememberCommitted(c Credential, before uint64) *entry {
+	e := b.newEntry(c)
+	b.cacheMu.Lock()
+	if b.gen.Load() <= before+1 {
+		b.cache.Add(c.CompanyID, e)
+	}
+	b.cacheMu.Unlock()
+	return e
+}
+
 func (b *Broker) newEntry(c Credential) *entry {
 	b.secrets.Add(c.AccessToken.Reveal(), c.RefreshToken.Reveal(), c.APIKey.Reveal())
 	e := &entry{cred: c, grant: NewGrant(c)}

@@ -174,3 +174,35 @@ func TestPGChangedSince(t *testing.T) {
 		})
 	}
 }
+
+// TestPGRefreshCachesOwnCommit: the credential a replica has just refreshed and committed is
+// cached at once, although the commit announces itself as a change: the next request is
+// served without reading the store.
+func TestPGRefreshCachesOwnCommit(t *testing.T) {
+	ctx := t.Context()
+	srv := newBkTokenServer(t)
+	clock := newBkClock()
+	dsn := pgTestDB(t)
+	store := &getCounter{PGStore: pgOpen(t, dsn, PGStoreOptions{})}
+	broker := bkNewBroker(t, store, srv.srv.URL, clock)
+	ids := pgSeed(t, store, srv, clock, 1)
+	bkWaitFor(t, "the seed's announcement", func() bool { return broker.gen.Load() >= 1 })
+	first, err := broker.Authorize(ctx, ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if srv.calls.Load() != 1 {
+		t.Fatalf("token calls = %d, want 1 (the expired token refreshed)", srv.calls.Load())
+	}
+	if !broker.cache.Contains(ids[0]) {
+		t.Fatal("the refreshed credential is not cached")
+	}
+	reads := store.count(ids[0])
+	g, err := broker.Authorize(ctx, ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !g.Same(first) || store.count(ids[0]) != reads {
+		t.Errorf("second request: same grant %v, store reads %d -> %d", g.Same(first), reads, store.count(ids[0]))
+	}
+}
