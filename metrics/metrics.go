@@ -43,6 +43,7 @@ const (
 	nameConnectFailures       = namespace + "_connect_failures_total"
 	nameClientConns           = namespace + "_client_connections"
 	nameClientConnWaits       = namespace + "_client_connection_waits_total"
+	nameSecretReloads         = namespace + "_secret_reloads_total"
 )
 
 // durationBuckets suit request, refresh, lock-wait and store durations: 0.5 ms to 30 s.
@@ -85,6 +86,7 @@ type Metrics struct {
 	connectFailures      *prometheus.CounterVec
 	clientConns          prometheus.Gauge
 	clientConnWaits      prometheus.Counter
+	secretReloads        *prometheus.CounterVec
 
 	// Children of the per-request series, created on first use (so that only the method,
 	// code and credential type combinations that happen are exported) and then read with
@@ -100,6 +102,7 @@ type Metrics struct {
 	storeDurations         [len(storeOperationLabels)]atomic.Pointer[prometheus.Observer]
 	connectChildren        [len(connectLabels)]prometheus.Counter
 	connectFailureChildren [len(connectReasonLabels)]prometheus.Counter
+	secretReloadChildren   [len(secretLabels)][len(secretReloadResultLabels)]prometheus.Counter
 
 	inFlightDone func()
 
@@ -237,6 +240,10 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: nameClientConnWaits,
 			Help: "Client connections that waited for a free slot under PLEO_PROXY_MAX_CLIENT_CONNS before being served.",
 		}),
+		secretReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: nameSecretReloads,
+			Help: "Reloads of a secret file (PLEO_PROXY_*_FILE) that changed, by secret and result: success (the new value is in use) or error (the old value stays).",
+		}, []string{"secret", "result"}),
 		credentialsSet: make(map[CredentialKey]bool),
 		expiringSet:    make(map[string]bool),
 	}
@@ -265,6 +272,11 @@ func New(reg prometheus.Registerer) *Metrics {
 	for i, r := range connectReasonLabels {
 		m.connectFailureChildren[i] = m.connectFailures.WithLabelValues(r)
 	}
+	for i, sec := range secretLabels {
+		for j, r := range secretReloadResultLabels {
+			m.secretReloadChildren[i][j] = m.secretReloads.WithLabelValues(sec, r)
+		}
+	}
 	for _, t := range credentialKinds {
 		for _, s := range credentialStates {
 			m.credentials.WithLabelValues(t, s).Set(0)
@@ -281,6 +293,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			m.errors, m.refreshLockWait, m.tokenCommitWindow, m.tokenAgeAtRefresh, m.credentialsExpiring,
 			m.storeDuration, m.storeErrors, m.storeReloadFailures, m.pendingTokenWrites,
 			m.inFlight, m.connects, m.connectFailures, m.clientConns, m.clientConnWaits,
+			m.secretReloads,
 		)
 	}
 	return m
@@ -485,6 +498,24 @@ func (m *Metrics) StoreReloadFailed() {
 	m.storeReloadFailures.Inc()
 }
 
+// SecretReload counts one reload of a changed secret file in pleo_proxy_secret_reloads_total:
+// secret is one of the Secret* names (another is ignored: the labels stay bounded), result is
+// SecretReloadSuccess or SecretReloadError (another counts as an error).
+func (m *Metrics) SecretReload(secret, result string) {
+	if m == nil {
+		return
+	}
+	i := indexOf(secretLabels[:], secret)
+	if i < 0 {
+		return
+	}
+	j := 1
+	if result == SecretReloadSuccess {
+		j = 0
+	}
+	m.secretReloadChildren[i][j].Inc()
+}
+
 // SetPendingTokenWrites sets pleo_proxy_pending_token_writes: the rotated tokens held in memory
 // because their store write has not succeeded yet.
 func (m *Metrics) SetPendingTokenWrites(n int) {
@@ -550,6 +581,11 @@ func (m *Metrics) SetCredentialCounts(counts map[CredentialKey]int) {
 		if _, ok := counts[k]; !ok {
 			m.credentials.DeleteLabelValues(k.Type, k.State)
 			delete(m.credentialsSet, k)
+		}
+	}
+	for i, sec := range secretLabels {
+		for j, r := range secretReloadResultLabels {
+			m.secretReloadChildren[i][j] = m.secretReloads.WithLabelValues(sec, r)
 		}
 	}
 	for _, t := range credentialKinds {
