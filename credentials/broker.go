@@ -73,6 +73,10 @@ type BrokerOptions struct {
 	Logger *slog.Logger
 	// Metrics records cache and refresh metrics (nil: none).
 	Metrics *metrics.Metrics
+	// SweepLeader, when set (the PostgreSQL store shared by many replicas), decides which
+	// replica runs the full background sweep; the others refresh only the credentials they
+	// hold in their cache (nil: this process always sweeps everything).
+	SweepLeader SweepLeader
 	// OnStateChange, when set, is told when this process records or sees a credential enter
 	// reauthorization_required (its refresh token rejected), unauthorized (its API key
 	// answered 401) or expired (its API key passed expires_at while the broker ran). It is
@@ -104,6 +108,7 @@ type Broker struct {
 	metrics       *metrics.Metrics
 	secrets       *redact.Set
 	onState       func(Credential, Status)
+	leader        SweepLeader
 	lastSweep     time.Time // the previous Sweep's clock reading (the broker's start at first)
 
 	cache   *lru.Cache[string, *entry]
@@ -199,6 +204,7 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 		metrics:       opts.Metrics,
 		secrets:       opts.Secrets,
 		onState:       opts.OnStateChange,
+		leader:        opts.SweepLeader,
 		lastSweep:     opts.Now(),
 		cache:         cache,
 		tenants:       tenants,
@@ -412,6 +418,21 @@ func (b *Broker) remember(c Credential, gen uint64) *entry {
 	e := b.newEntry(c)
 	b.cacheMu.Lock()
 	if b.gen.Load() == gen {
+		b.cache.Add(c.CompanyID, e)
+	}
+	b.cacheMu.Unlock()
+	return e
+}
+
+// rememberCommitted caches c, which this process has just committed to a shared store whose
+// commit announces itself to this process, unless a change other than that announcement has
+// been announced since before the commit (gen moved by more than one): c is exactly what the
+// store held at its commit, so an earlier change does not make it stale, and a later one
+// moves gen twice (or drops the entry after it is added, under cacheMu).
+func (b *Broker) rememberCommitted(c Credential, before uint64) *entry {
+	e := b.newEntry(c)
+	b.cacheMu.Lock()
+	if b.gen.Load() <= before+1 {
 		b.cache.Add(c.CompanyID, e)
 	}
 	b.cacheMu.Unlock()

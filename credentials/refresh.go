@@ -505,6 +505,7 @@ func (b *Broker) refreshShared(ctx context.Context, companyID, trigger string, s
 		return nil, b.refreshFailed(cctx, cur, trigger, x.err, gen, x.took, lock.Commit)
 	}
 	next := b.rotated(cur, x)
+	committing := b.gen.Load()
 	saved, err := lock.Commit(cctx, next)
 	window := time.Since(x.arrived)
 	b.metrics.TokenRefresh(trigger, metrics.RefreshSuccess, x.took)
@@ -536,5 +537,7 @@ func (b *Broker) refreshShared(ctx context.Context, companyID, trigger string, s
 	b.metrics.TokenCommitWindow(window)
 	b.log.InfoContext(ctx, "token refreshed", "company_id", companyID, "trigger", trigger, "result", metrics.RefreshSuccess,
 		"duration_ms", float64(x.took)/float64(time.Millisecond), "expires_at", saved.ExpiresAt, "commit_window", window)
-	return b.remember(saved, gen), nil
+	// The commit announced itself (one bump of gen): what it wrote is what the row holds, so
+	// it is cached unless another change was announced since the commit began.
+	return b.rememberCommitted(saved, committing), nil
 }
