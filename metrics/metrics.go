@@ -43,6 +43,7 @@ const (
 	nameConnectFailures       = namespace + "_connect_failures_total"
 	nameClientConns           = namespace + "_client_connections"
 	nameClientConnWaits       = namespace + "_client_connection_waits_total"
+	nameRefreshesSkipped      = namespace + "_token_refreshes_skipped_total"
 )
 
 // durationBuckets suit request, refresh, lock-wait and store durations: 0.5 ms to 30 s.
@@ -85,6 +86,7 @@ type Metrics struct {
 	connectFailures      *prometheus.CounterVec
 	clientConns          prometheus.Gauge
 	clientConnWaits      prometheus.Counter
+	refreshesSkipped     *prometheus.CounterVec
 
 	// Children of the per-request series, created on first use (so that only the method,
 	// code and credential type combinations that happen are exported) and then read with
@@ -100,6 +102,7 @@ type Metrics struct {
 	storeDurations         [len(storeOperationLabels)]atomic.Pointer[prometheus.Observer]
 	connectChildren        [len(connectLabels)]prometheus.Counter
 	connectFailureChildren [len(connectReasonLabels)]prometheus.Counter
+	skippedChildren        [len(skipReasonLabels)]prometheus.Counter
 
 	inFlightDone func()
 
@@ -237,6 +240,10 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: nameClientConnWaits,
 			Help: "Client connections that waited for a free slot under PLEO_PROXY_MAX_CLIENT_CONNS before being served.",
 		}),
+		refreshesSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: nameRefreshesSkipped,
+			Help: "OAuth token refreshes not attempted, by reason: unauthorized_cooldown (the upstream keeps answering 401 to freshly issued tokens; its 401 is passed back) or backoff (the token endpoint failed lately, or asked to wait with Retry-After).",
+		}, []string{"reason"}),
 		credentialsSet: make(map[CredentialKey]bool),
 		expiringSet:    make(map[string]bool),
 	}
@@ -265,6 +272,9 @@ func New(reg prometheus.Registerer) *Metrics {
 	for i, r := range connectReasonLabels {
 		m.connectFailureChildren[i] = m.connectFailures.WithLabelValues(r)
 	}
+	for i, r := range skipReasonLabels {
+		m.skippedChildren[i] = m.refreshesSkipped.WithLabelValues(r)
+	}
 	for _, t := range credentialKinds {
 		for _, s := range credentialStates {
 			m.credentials.WithLabelValues(t, s).Set(0)
@@ -281,6 +291,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			m.errors, m.refreshLockWait, m.tokenCommitWindow, m.tokenAgeAtRefresh, m.credentialsExpiring,
 			m.storeDuration, m.storeErrors, m.storeReloadFailures, m.pendingTokenWrites,
 			m.inFlight, m.connects, m.connectFailures, m.clientConns, m.clientConnWaits,
+			m.refreshesSkipped,
 		)
 	}
 	return m
@@ -512,6 +523,21 @@ func (m *Metrics) ConnectCompleted() {
 	m.connectChildren[1].Inc()
 }
 
+// RefreshSkipped records a refresh that was not attempted in
+// pleo_proxy_token_refreshes_skipped_total: reason is [SkipUnauthorizedCooldown] or
+// [SkipBackoff]; anything else counts as "other". It does not allocate.
+func (m *Metrics) RefreshSkipped(reason string) {
+	if m == nil {
+		return
+	}
+	i := indexOf(skipReasonLabels[:], reason)
+	if i < 0 {
+		m.refreshesSkipped.WithLabelValues(Other).Inc()
+		return
+	}
+	m.skippedChildren[i].Inc()
+}
+
 // ConnectFailed records a consent callback that stored nothing, in both
 // pleo_proxy_connects_total{result="failed"} and pleo_proxy_connect_failures_total{reason}.
 // reason is one of the Connect... reasons ([ConnectAccessDenied], [ConnectInvalidState], ...);
@@ -542,6 +568,9 @@ func (m *Metrics) SetCredentialCounts(counts map[CredentialKey]int) {
 			m.credentials.DeleteLabelValues(k.Type, k.State)
 			delete(m.credentialsSet, k)
 		}
+	}
+	for i, r := range skipReasonLabels {
+		m.skippedChildren[i] = m.refreshesSkipped.WithLabelValues(r)
 	}
 	for _, t := range credentialKinds {
 		for _, s := range credentialStates {

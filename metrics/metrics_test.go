@@ -36,6 +36,7 @@ func touchAll(m *Metrics) {
 	m.ClientConnOpened()
 	m.ClientConnClosed()
 	m.ClientConnWaited()
+	m.RefreshSkipped(SkipUnauthorizedCooldown)
 }
 
 // withoutHelp gathers from g with every help string blanked, so that the exposition test pins
@@ -66,6 +67,7 @@ pleo_proxy_connect_failures_total{reason="access_denied"} 1
 pleo_proxy_connect_failures_total{reason="company_lookup_failed"} 0
 pleo_proxy_connect_failures_total{reason="exchange_failed"} 0
 pleo_proxy_connect_failures_total{reason="invalid_state"} 0
+pleo_proxy_connect_failures_total{reason="no_refresh_token"} 0
 pleo_proxy_connect_failures_total{reason="other"} 0
 pleo_proxy_connect_failures_total{reason="store_failed"} 0
 # TYPE pleo_proxy_connects_total counter
@@ -252,6 +254,9 @@ pleo_proxy_token_refresh_duration_seconds_bucket{le="30"} 1
 pleo_proxy_token_refresh_duration_seconds_bucket{le="+Inf"} 1
 pleo_proxy_token_refresh_duration_seconds_sum 0.2
 pleo_proxy_token_refresh_duration_seconds_count 1
+# TYPE pleo_proxy_token_refreshes_skipped_total counter
+pleo_proxy_token_refreshes_skipped_total{reason="backoff"} 0
+pleo_proxy_token_refreshes_skipped_total{reason="unauthorized_cooldown"} 1
 # TYPE pleo_proxy_token_refreshes_total counter
 pleo_proxy_token_refreshes_total{result="error",trigger="background"} 0
 pleo_proxy_token_refreshes_total{result="error",trigger="expiry"} 0
@@ -288,8 +293,8 @@ func TestLintAndHelp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(mfs) != 22 {
-		t.Errorf("gathered %d metric families, want 22", len(mfs))
+	if len(mfs) != 23 {
+		t.Errorf("gathered %d metric families, want 23", len(mfs))
 	}
 	for _, mf := range mfs {
 		if !strings.HasPrefix(mf.GetName(), "pleo_proxy_") {
@@ -342,6 +347,7 @@ func TestContract(t *testing.T) {
 		"pleo_proxy_connect_failures_total":           "counter reason",
 		"pleo_proxy_client_connections":               "gauge ",
 		"pleo_proxy_client_connection_waits_total":    "counter ",
+		"pleo_proxy_token_refreshes_skipped_total":    "counter reason",
 	}
 	for name, w := range want {
 		if got[name] != w {
@@ -456,6 +462,16 @@ func TestMethods(t *testing.T) {
 			func(m *Metrics) prometheus.Collector { return m.connectFailures.WithLabelValues("store_failed") }, 1},
 		{"connect failure unknown reason", func(m *Metrics) { m.ConnectFailed("meteor") },
 			func(m *Metrics) prometheus.Collector { return m.connectFailures.WithLabelValues("other") }, 1},
+		{"connect no refresh token", func(m *Metrics) { m.ConnectFailed(ConnectNoRefreshToken) },
+			func(m *Metrics) prometheus.Collector { return m.connectFailures.WithLabelValues("no_refresh_token") }, 1},
+		{"refresh skipped in a 401 cool-down", func(m *Metrics) { m.RefreshSkipped(SkipUnauthorizedCooldown) },
+			func(m *Metrics) prometheus.Collector {
+				return m.refreshesSkipped.WithLabelValues("unauthorized_cooldown")
+			}, 1},
+		{"refresh skipped backing off", func(m *Metrics) { m.RefreshSkipped(SkipBackoff) },
+			func(m *Metrics) prometheus.Collector { return m.refreshesSkipped.WithLabelValues("backoff") }, 1},
+		{"refresh skipped unknown reason", func(m *Metrics) { m.RefreshSkipped("meteor") },
+			func(m *Metrics) prometheus.Collector { return m.refreshesSkipped.WithLabelValues("other") }, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,0 +1,210 @@
+package credentials
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/metrics"
+)
+
+// The 401 cool-down. A token that a refresh obtained because the upstream answered 401, and
+// that the upstream answers 401 to as well, was not rejected for being stale: refreshing again would cost a rotation, a durable write and
+// a token endpoint call for every request (a missing scope, a Pleo-side outage), and one noisy
+// caller could spend the OAuth client's rate limit. So a 401 to a fresh token puts the company
+// in a cool-down: until it passes, upstream 401s are passed back to the caller unchanged,
+// with no refresh, and the credential reports the state unauthorized. Cool-downs double from
+// CooldownBase up to CooldownMax while the 401s go on; a request whose token gets an answer
+// other than 401 (or 5xx), or a credential replaced by an import or a reconnect, ends it.
+//
+// The cool-down is kept in the credential's last_error, in a fixed form that parseCooldown
+// reads back, so that every replica sharing the store sees it, and so that no file, record or
+// table format changes: an older release reads and writes such a credential unchanged.
+const (
+	// CooldownBase is the first cool-down after a fresh token got a 401.
+	CooldownBase = 30 * time.Second
+	// CooldownMax caps the doubling cool-downs.
+	CooldownMax = 15 * time.Minute
+
+)
+
+// cooldownPrefix starts a last_error that records a cool-down.
+const cooldownPrefix = "unauthorized: "
+
+// cooldown is a company's 401 cool-down as recorded in its credential's last_error.
+type cooldown struct {
+	until  time.Time
+	period time.Duration
+}
+
+// text renders the cool-down for last_error; parseCooldown reads it back.
+func (c cooldown) text() string {
+	return fmt.Sprintf("%sthe upstream answered 401 to a freshly issued token; no refresh on 401 until %s (cool-down %s)",
+		cooldownPrefix, c.until.UTC().Format(time.RFC3339), c.period)
+}
+
+// parseCooldown reads a cool-down from a last_error written by cooldown.text.
+func parseCooldown(lastError string) (cooldown, bool) {
+	rest, ok := strings.CutPrefix(lastError, cooldownPrefix)
+	if !ok {
+		return cooldown{}, false
+	}
+	_, rest, ok = strings.Cut(rest, " until ")
+	if !ok {
+		return cooldown{}, false
+	}
+	until, rest, ok := strings.Cut(rest, " (cool-down ")
+	if !ok || !strings.HasSuffix(rest, ")") {
+		return cooldown{}, false
+	}
+	t, err := time.Parse(time.RFC3339, until)
+	if err != nil {
+		return cooldown{}, false
+	}
+	d, err := time.ParseDuration(strings.TrimSuffix(rest, ")"))
+	if err != nil || d <= 0 {
+		return cooldown{}, false
+	}
+	return cooldown{until: t, period: d}, true
+}
+
+// next is the cool-down that follows c (the zero cooldown: none yet), starting at now.
+func (c cooldown) next(now time.Time) cooldown {
+	p := CooldownBase
+	if c.period > 0 {
+		p = min(2*c.period, CooldownMax)
+	}
+	// Whole seconds: the store keeps the time to the second.
+	return cooldown{until: now.Add(p).Truncate(time.Second), period: p}
+}
+
+// InCooldown reports whether the credential records a 401 cool-down (passed or not): the
+// upstream answered 401 to a fresh token, and no answer other than 401 has come since. The
+// admin status and the credentials gauge report it as unauthorized.
+func (c Credential) InCooldown() bool {
+	_, ok := parseCooldown(c.LastError)
+	return ok && c.Type == OAuth2
+}
+
+// lastErrorAfterRefresh is the last_error a refreshed credential keeps: its cool-down, if it
+// has one (a new token does not show that the 401s stopped), else nothing.
+func lastErrorAfterRefresh(cur Credential) string {
+	if _, ok := parseCooldown(cur.LastError); ok {
+		return cur.LastError
+	}
+	return ""
+}
+
+// cooldownReauthorize is Reauthorize's first step for OAuth: done reports that the 401 to
+// rejected is answered without a refresh, because the company is in a cool-down or because
+// rejected is fresh and a cool-down starts now. g is then rejected and retry false, so that
+// the upstream's 401 is passed back unchanged.
+func (b *Broker) cooldownReauthorize(ctx context.Context, companyID string, rejected Grant) (done bool) {
+	e, err := b.lookup(ctx, companyID)
+	if err != nil || !e.grant.Same(rejected) || e.cred.State == StateReauthorizationRequired {
+		return false // a newer token, or an error: the refresh path deals with it
+	}
+	now := b.now()
+	cd, marked := parseCooldown(e.cred.LastError)
+	if marked && now.Before(cd.until) {
+		b.metrics.RefreshSkipped(metrics.SkipUnauthorizedCooldown)
+		return true
+	}
+	if !b.fresh(e.cred, rejected) {
+		return false
+	}
+	// Start (or extend) the cool-down; callers arriving together share one store write.
+	_, _, _ = b.flights.Do("401:"+companyID, func() (any, error) {
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.tokenTimeout)
+		defer cancel()
+		gen := b.gen.Load()
+		c, err := b.store.Get(wctx, companyID)
+		if err != nil || !NewGrant(c).Same(rejected) {
+			return nil, err
+		}
+		if cur, ok := parseCooldown(c.LastError); ok && now.Before(cur.until) {
+			return nil, nil // another caller or replica started it meanwhile
+		}
+		next := cd.next(now)
+		c.LastError = next.text()
+		saved, err := b.store.Update(wctx, c)
+		if err != nil {
+			if !errors.Is(err, ErrConflict) {
+				// Not shared, but kept here: this replica still stops refreshing.
+				b.log.WarnContext(ctx, "could not record a 401 cool-down", "company_id", companyID, "error", err)
+				b.cache.Add(companyID, b.newEntry(c))
+			}
+			return nil, err
+		}
+		b.remember(saved, gen)
+		b.log.WarnContext(ctx, "the upstream keeps answering 401 to a freshly issued token; passing 401s back without refreshing",
+			"company_id", companyID, "cool_down", next.period, "until", next.until)
+		return nil, nil
+	})
+	b.metrics.RefreshSkipped(metrics.SkipUnauthorizedCooldown)
+	return true
+}
+
+// fresh reports whether g's token was obtained by a refresh that a 401 triggered, and no
+// answer other than 401 has vouched for it since: a 401 to it shows that a new token did not
+// cure the 401s. (A token merely issued recently is not enough: one revoked at Pleo right
+// after it was issued is cured by a refresh, and must be.)
+func (b *Broker) fresh(c Credential, g Grant) bool {
+	b.mu.Lock()
+	h, ok := b.probation[c.CompanyID]
+	b.mu.Unlock()
+	return ok && h == grantHash(g)
+}
+
+// onProbation records that g was obtained by a refresh that a 401 triggered: if the upstream
+// answers 401 to it too, a refresh did not help, and the next 401 starts a cool-down.
+func (b *Broker) onProbation(companyID string, g Grant) {
+	b.mu.Lock()
+	if _, ok := b.probation[companyID]; !ok {
+		b.probations.Add(1)
+	}
+	b.probation[companyID] = grantHash(g)
+	b.mu.Unlock()
+}
+
+// Accepted tells the broker that the upstream answered g with a status other than 401 (and
+// other than 5xx, which says nothing about the token): g's token works, so a 401 cool-down
+// or probation of the company ends. It costs an atomic load unless one is in effect.
+func (b *Broker) Accepted(ctx context.Context, companyID string, g Grant) {
+	if !g.cooling && b.probations.Load() == 0 {
+		return
+	}
+	b.mu.Lock()
+	if h, ok := b.probation[companyID]; ok && h == grantHash(g) {
+		delete(b.probation, companyID)
+		b.probations.Add(-1)
+	}
+	b.mu.Unlock()
+	if !g.cooling {
+		return
+	}
+	_, _, _ = b.flights.Do("401:"+companyID, func() (any, error) {
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.tokenTimeout)
+		defer cancel()
+		gen := b.gen.Load()
+		c, err := b.store.Get(wctx, companyID)
+		if err != nil || !c.InCooldown() || !NewGrant(c).Same(g) {
+			return nil, err
+		}
+		c.LastError = ""
+		saved, err := b.store.Update(wctx, c)
+		if err != nil {
+			if !errors.Is(err, ErrConflict) {
+				b.log.WarnContext(ctx, "could not clear a 401 cool-down", "company_id", companyID, "error", err)
+			}
+			return nil, err
+		}
+		b.remember(saved, gen)
+		b.log.InfoContext(ctx, "the upstream accepted the token again; 401 cool-down over", "company_id", companyID)
+		return nil, nil
+	})
+}
+
+func grantHash(g Grant) [32]byte { return tokenHash(Secret(g.header)) }
