@@ -55,20 +55,23 @@ func (bo *backoffState) honour(re *oauth2.RetrieveError, wait time.Duration, now
 	return wait
 }
 
-// refreshSucceeded ends the company's back-off; the first success after the OAuth client was
-// misconfigured also ends every other company's back-off caused by that (the client works
-// again), so they refresh on their next request rather than after up to MaxBackoff.
+// refreshSucceeded ends the company's back-off. A success also shows that the OAuth client
+// works: every other company backing off because it did not (invalid_client,
+// unauthorized_client: the secret was wrong and has been corrected) refreshes on its next
+// request rather than after up to MaxBackoff.
 func (b *Broker) refreshSucceeded(companyID string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if bo, ok := b.backoff[companyID]; ok && bo.clientError {
-		for id, o := range b.backoff {
-			if o.clientError {
-				delete(b.backoff, id)
-			}
+	delete(b.backoff, companyID)
+	if !b.clientErrors {
+		return
+	}
+	for id, o := range b.backoff {
+		if o.clientError {
+			delete(b.backoff, id)
 		}
 	}
-	delete(b.backoff, companyID)
+	b.clientErrors = false
 }
 
 // ResetBackoff ends every company's back-off after transient refresh failures, so that the

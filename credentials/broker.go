@@ -100,7 +100,9 @@ type Broker struct {
 	rejected map[string][32]byte    // company -> hash of the refresh token the endpoint rejected
 	badKeys  map[string]int64       // company -> version of the credential whose API key the upstream answered 401 to
 	backoff  map[string]backoffState
-	writers  map[string]bool // companies with a write-retry goroutine running
+	// clientErrors: some back-off in backoff is for a client error (see refreshSucceeded).
+	clientErrors bool
+	writers      map[string]bool // companies with a write-retry goroutine running
 	// probation: company -> hash of the grant a 401-triggered refresh obtained, until the
 	// upstream accepts it (see cooldown.go); probations counts them for Accepted's fast path.
 	probation  map[string][32]byte

@@ -27,7 +27,6 @@ const (
 	CooldownBase = 30 * time.Second
 	// CooldownMax caps the doubling cool-downs.
 	CooldownMax = 15 * time.Minute
-
 )
 
 // cooldownPrefix starts a last_error that records a cool-down.

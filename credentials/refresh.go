@@ -206,6 +206,7 @@ func (b *Broker) refreshFailed(ctx context.Context, cur Credential, trigger stri
 	wait = bo.honour(re, wait, b.now())
 	bo.until = b.now().Add(wait)
 	b.backoff[cur.CompanyID] = bo
+	b.clientErrors = b.clientErrors || bo.clientError
 	b.mu.Unlock()
 	msg := err.Error()
 	if re != nil && re.Response != nil {
