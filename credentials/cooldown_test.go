@@ -412,12 +412,17 @@ func TestClientErrorBackoffResets(t *testing.T) {
 			}
 			srv.SetTokenFailure(http.StatusUnauthorized) // invalid_client
 			for round := range 6 {                       // back-offs grow to 16-32s
+				if round > 0 {
+					e.clock.Advance(time.Duration(1<<(round-1)) * time.Second) // the last back-off has passed
+				}
 				for _, id := range ids {
-					if _, err := e.broker.Authorize(context.Background(), id); !errors.Is(err, ErrTokenEndpoint) {
-						t.Fatalf("round %d: %v", round, err)
+					if _, err := e.broker.Authorize(context.Background(), id); !errors.Is(err, ErrTokenEndpoint) || strings.Contains(err.Error(), "backing off") {
+						t.Fatalf("round %d: %v, want a token call answered invalid_client", round, err)
 					}
 				}
-				e.clock.Advance(time.Duration(1<<round) * time.Second)
+			}
+			if _, err := e.broker.Authorize(context.Background(), ids[0]); err == nil || !strings.Contains(err.Error(), "backing off") {
+				t.Fatalf("not backing off after six failures: %v", err)
 			}
 			srv.SetTokenFailure(0)
 			rest := ids
