@@ -63,7 +63,7 @@ func TestCooldownText(t *testing.T) {
 type cdEnv struct {
 	t      *testing.T
 	srv    *oauthtest.Server
-	store  *MemoryStore
+	store  Store
 	clock  *testenv.Clock
 	reg    *prometheus.Registry
 	m      *metrics.Metrics
@@ -73,17 +73,24 @@ type cdEnv struct {
 
 func newCdEnv(t *testing.T, srv *oauthtest.Server) *cdEnv {
 	t.Helper()
-	e := &cdEnv{t: t, srv: srv, store: NewMemoryStore(), clock: testenv.NewClock(time.Now()), reg: prometheus.NewRegistry(),
+	return newCdEnvOn(t, srv, NewMemoryStore())
+}
+
+func newCdEnvOn(t *testing.T, srv *oauthtest.Server, store Store) *cdEnv {
+	t.Helper()
+	e := &cdEnv{t: t, srv: srv, store: store, clock: testenv.NewClock(time.Now()), reg: prometheus.NewRegistry(),
 		client: &http.Client{Timeout: 10 * time.Second}}
 	e.m = metrics.New(e.reg)
 	e.broker = e.newBroker()
 	return e
 }
 
-func (e *cdEnv) newBroker() *Broker {
+func (e *cdEnv) newBroker() *Broker { return e.newBrokerOn(e.store) }
+
+func (e *cdEnv) newBrokerOn(s Store) *Broker {
 	e.t.Helper()
 	b, err := NewBroker(BrokerOptions{
-		Store:         e.store,
+		Store:         s,
 		OAuth:         OAuthClient{ClientID: e.srv.ClientID(), ClientSecret: Secret(e.srv.ClientSecret()), TokenURL: e.srv.TokenURL()},
 		RefreshBefore: time.Minute,
 		Now:           e.clock.Now,
@@ -246,6 +253,43 @@ func TestUnauthorizedCooldown(t *testing.T) {
 	if n := srv.Stats().TokenCalls - before.TokenCalls; n > 2 {
 		t.Fatalf("%d token calls in all", n)
 	}
+}
+
+// Replicas on PostgreSQL share the cool-down through the credential's row: a replica that
+// never refreshed for the company does not refresh either while it lasts, and an accepted
+// answer on that replica ends it for all.
+func TestUnauthorizedCooldownPG(t *testing.T) {
+	srv := oauthtest.NewServer(t, oauthtest.Options{})
+	dsn := pgTestDB(t)
+	e := newCdEnvOn(t, srv, pgOpen(t, dsn, PGStoreOptions{}))
+	replica := e.newBrokerOn(pgOpen(t, dsn, PGStoreOptions{}))
+	company := bkCompanyID(7)
+	e.seed(company, 10*time.Minute)
+
+	before := srv.Stats()
+	for range 200 {
+		if st := e.call(e.broker, company, oauthtest.UnauthorizedPath); st != http.StatusUnauthorized {
+			t.Fatalf("status %d", st)
+		}
+	}
+	for range 200 {
+		if st := e.call(replica, company, oauthtest.UnauthorizedPath); st != http.StatusUnauthorized {
+			t.Fatalf("replica: status %d", st)
+		}
+	}
+	if n := srv.Stats().TokenCalls - before.TokenCalls; n > 2 {
+		t.Fatalf("400 requests over two replicas made %d token calls, want at most 2", n)
+	}
+	if s := replica.StatusOf(bkGet(t, e.store, company)); s != StatusUnauthorized {
+		t.Fatalf("status %q", s)
+	}
+	if st := e.call(replica, company, "/v1/healthy"); st != http.StatusOK {
+		t.Fatalf("healthy path on the replica: %d", st)
+	}
+	testenv.WaitFor(t, "the first replica to see the cool-down end", 10*time.Second, func() bool {
+		c, err := e.store.Get(context.Background(), company)
+		return err == nil && !c.InCooldown() && e.broker.StatusOf(c) == StatusActive
+	})
 }
 
 // A token revoked at Pleo is still cured by one refresh and retry: only a token that a
