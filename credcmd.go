@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"strings"
@@ -17,17 +18,19 @@ import (
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/config"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/connect"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/events"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/proxy"
 )
 
 // Usage lines of the credentials subcommands.
 const (
-	usageImport    = "usage: credentials import [--env-file PATH] [--replace] FILE|-"
-	usageList      = "usage: credentials list [--env-file PATH] [--json]"
-	usageDelete    = "usage: credentials delete [--env-file PATH] COMPANY_ID"
-	usagePut       = "usage: credentials put [--env-file PATH] (--company ID | --discover-company) --type standalone_api_key|integrated_api_key [--tenant T] [--expires-at RFC3339] [--key-file PATH] (the key comes from --key-file or standard input, never from the command line)"
-	usageRotateKey = "usage: credentials rotate-key [--env-file PATH]"
-	subcommands    = "import, list, delete, put or rotate-key"
+	usageImport     = "usage: credentials import [--env-file PATH] [--replace] FILE|-"
+	usageList       = "usage: credentials list [--env-file PATH] [--json]"
+	usageDelete     = "usage: credentials delete [--env-file PATH] COMPANY_ID (removes it from the store only: Pleo still honours the grant; see credentials disconnect)"
+	usageDisconnect = "usage: credentials disconnect [--env-file PATH] (--company ID | --tenant T) [--force] (revokes the installation at Pleo with DELETE /v1/installations/me, then removes the credential; --force removes it even when Pleo does not confirm)"
+	usagePut        = "usage: credentials put [--env-file PATH] (--company ID | --discover-company) --type standalone_api_key|integrated_api_key [--tenant T] [--expires-at RFC3339] [--key-file PATH] (the key comes from --key-file or standard input, never from the command line)"
+	usageRotateKey  = "usage: credentials rotate-key [--env-file PATH]"
+	subcommands     = "import, list, delete, disconnect, put or rotate-key"
 )
 
 // maxKeyBytes bounds an API key read by put; maxImportBytes an import document.
@@ -51,6 +54,8 @@ func credentialsCommand(ctx context.Context, args, environ []string, stdin io.Re
 		return c.list(rest)
 	case "delete":
 		return c.delete(rest)
+	case "disconnect":
+		return c.disconnect(rest)
 	case "put":
 		return c.put(rest)
 	case "rotate-key":
@@ -216,6 +221,100 @@ func (c *credCmd) delete(args []string) error {
 	}
 	fmt.Fprintf(c.stdout, "deleted %s\n", id)
 	return nil
+}
+
+// disconnect revokes a company's installation at Pleo, then removes its credential.
+func (c *credCmd) disconnect(args []string) error {
+	fs := c.flags("disconnect")
+	company := fs.String("company", "", "the Pleo company id (a UUID)")
+	tenant := fs.String("tenant", "", "the tenant id the company is connected to")
+	force := fs.Bool("force", false, "remove the credential even when Pleo does not confirm the revocation")
+	if help, err := c.parse(fs, args, usageDisconnect); help || err != nil {
+		return err
+	}
+	switch {
+	case fs.NArg() != 0:
+		return usageError{usageDisconnect}
+	case (*company == "") == (*tenant == ""):
+		return usageError{"disconnect: name the company with --company ID or --tenant T (one of them)\n" + usageDisconnect}
+	case *company != "" && !credentials.ValidCompanyID(*company):
+		return usageError{"disconnect: --company must be a company id (a UUID)\n" + usageDisconnect}
+	}
+	cfg, err := c.config()
+	if err != nil {
+		return err
+	}
+	store, err := c.open()
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	id := credentials.CanonicalCompanyID(*company)
+	if *tenant != "" {
+		cred, err := store.GetByTenant(c.ctx, *tenant)
+		if err != nil {
+			if errors.Is(err, credentials.ErrNotFound) {
+				return fmt.Errorf("disconnect: no credential for tenant %q", *tenant)
+			}
+			return err
+		}
+		id = cred.CompanyID
+	}
+	transport := proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)
+	defer transport.CloseIdleConnections()
+	client := &http.Client{Timeout: cfg.UpstreamTimeout, Transport: transport,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	broker, err := credentials.NewBroker(credentials.BrokerOptions{
+		Store:         store,
+		CacheSize:     16,
+		OAuth:         credentials.OAuthClient{ClientID: cfg.OAuthClientID, ClientSecret: cfg.OAuthClientSecret, TokenURL: cfg.OAuthTokenURL.String()},
+		HTTPClient:    client,
+		RefreshBefore: cfg.RefreshBefore,
+		TokenTimeout:  cfg.TokenTimeout,
+	})
+	if err != nil {
+		return err
+	}
+	defer broker.Close()
+	notifier, err := newNotifier(cfg, store, slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		return err
+	}
+	d := &connect.Disconnector{Store: store, Grants: broker, Client: client, Upstream: cfg.UpstreamURL,
+		OnDisconnected: func(c credentials.Credential) { notifier.Notify(c, events.Disconnected) }}
+	got, err := d.Disconnect(c.ctx, id, *force)
+	defer func() {
+		// Tell PLEO_PROXY_EVENTS_URL, briefly: the credential is gone whatever it answers.
+		fctx, cancel := context.WithTimeout(c.ctx, 30*time.Second)
+		defer cancel()
+		if ferr := notifier.Flush(fctx); ferr != nil {
+			fmt.Fprintf(c.stdout, "warning: the disconnected event was not delivered to PLEO_PROXY_EVENTS_URL: %v\n", ferr)
+		}
+	}()
+	if err != nil {
+		if errors.Is(err, credentials.ErrNotFound) {
+			return fmt.Errorf("disconnect: no credential for company %s", id)
+		}
+		if errors.Is(err, connect.ErrNotRevoked) {
+			return fmt.Errorf("disconnect: nothing removed: %w (fix the cause and run it again, or add --force to remove the credential anyway)", got.RevokeErr)
+		}
+		return fmt.Errorf("disconnect: %w", err)
+	}
+	if got.Revoked {
+		fmt.Fprintf(c.stdout, "revoked at Pleo and removed company %s%s\n", id, tenantNote(got.Credential.TenantID))
+		return nil
+	}
+	fmt.Fprintf(c.stdout, "removed company %s%s from the store, but Pleo did not confirm the revocation (%v): Pleo may still honour the grant until it is revoked in Pleo\n",
+		id, tenantNote(got.Credential.TenantID), got.RevokeErr)
+	return nil
+}
+
+// tenantNote is " (tenant T)", or nothing without a tenant.
+func tenantNote(tenant string) string {
+	if tenant == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (tenant %s)", tenant)
 }
 
 // put stores one API key credential. The key is never taken from the command line, where

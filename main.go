@@ -52,7 +52,10 @@ commands:
   serve [--env-file PATH] [--dev]   run the sidecar (the default command)
   credentials import [--replace] FILE|-
   credentials list [--json]
-  credentials delete COMPANY_ID
+  credentials delete COMPANY_ID     remove a credential from the store (nothing at Pleo)
+  credentials disconnect (--company ID | --tenant T) [--force]
+                                    revoke the installation at Pleo (DELETE /v1/installations/me),
+                                    then remove the credential
   credentials put (--company ID | --discover-company) --type standalone_api_key|integrated_api_key
                   [--tenant T] [--expires-at RFC3339] [--key-file PATH]
                                     store one API key, read from --key-file or standard input

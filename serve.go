@@ -23,6 +23,7 @@ import (
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/config"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/connect"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/events"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/metrics"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/proxy"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/redact"
@@ -132,6 +133,10 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 			return err
 		}
 	}
+	notifier, err := newNotifier(cfg, rawStore, log, metrics.NewEvents(reg))
+	if err != nil {
+		return err
+	}
 	broker, err := credentials.NewBroker(credentials.BrokerOptions{
 		Store:     store,
 		CacheSize: cfg.CacheSize,
@@ -146,12 +151,14 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		Logger:            log,
 		Metrics:           m,
 		Secrets:           secrets,
+		OnStateChange:     func(c credentials.Credential, s credentials.Status) { notifier.Notify(c, events.State(s)) },
 	})
 	if err != nil {
 		return err
 	}
 	defer broker.Close()
 
+	upstreamTransport := proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)
 	handler, err := proxy.New(proxy.Options{
 		Upstream:         cfg.UpstreamURL,
 		Authorizer:       broker,
@@ -161,7 +168,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		DefaultCompanyID: cfg.DefaultCompanyID,
 		ClientTokens:     clientTokens(cfg),
 		MaxReplayBytes:   cfg.MaxReplayBytes,
-		Transport:        proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns),
+		Transport:        upstreamTransport,
 		Logger:           log,
 		Metrics:          m,
 	})
@@ -180,6 +187,10 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 			}},
 		},
 		Credentials: brokerStatus{store, broker},
+		Remover: remover{store, &connect.Disconnector{Store: store, Grants: broker, Upstream: cfg.UpstreamURL,
+			Client: &http.Client{Timeout: cfg.UpstreamTimeout, Transport: upstreamTransport,
+				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
+			OnDisconnected: func(c credentials.Credential) { notifier.Notify(c, events.Disconnected) }}},
 		AdminToken:  cfg.AdminToken,
 		EnablePprof: cfg.EnablePprof,
 		Logger:      log,
@@ -198,7 +209,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	dataSrv := proxy.NewServer(handler, log)
 	adminSrv := &http.Server{Handler: adminHandler, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 60 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10, ErrorLog: errLog}
-	connectSrv, connectLn, err := newConnectServer(cfg, mock, store, log, m, secrets, errLog)
+	connectSrv, connectLn, err := newConnectServer(cfg, mock, store, log, m, secrets, errLog, notifier)
 	if err != nil {
 		dataLn.Close()
 		adminLn.Close()
@@ -212,6 +223,8 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	bg, stopBg := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBg()
 	go broker.Run(bg, 0)
+	notifierDone := make(chan struct{})
+	go func() { notifier.Run(bg); close(notifierDone) }()
 
 	serveErr := make(chan error, 3)
 	go func() {
@@ -256,6 +269,13 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	}
 	draining.Wait()
 	stopBg()
+	<-notifierDone
+	// Send what is still queued (a state change just before the signal), briefly.
+	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if err := notifier.Flush(fctx); err != nil {
+		log.Warn("exiting with events not delivered", "error", err)
+	}
+	fcancel()
 	_ = adminSrv.Shutdown(sctx)
 	if n := broker.PendingWrites(); n > 0 {
 		log.Error("exiting with rotated refresh tokens not persisted", "count", n)
@@ -270,7 +290,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 // newConnectServer binds PLEO_PROXY_CONNECT_ADDR and builds the consent flow's server, or
 // returns nils when the address is empty (the flow is off).
 func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store, logger *slog.Logger,
-	m *metrics.Metrics, secrets *redact.Set, errLog *log.Logger) (*http.Server, net.Listener, error) {
+	m *metrics.Metrics, secrets *redact.Set, errLog *log.Logger, notifier *events.Notifier) (*http.Server, net.Listener, error) {
 	if cfg.ConnectAddr == "" {
 		return nil, nil, nil
 	}
@@ -303,6 +323,7 @@ func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store
 		Logger:       logger.With("listener", "connect"),
 		Metrics:      m,
 		Secrets:      secrets,
+		OnConnected:  func(c credentials.Credential) { notifier.Notify(c, events.Connected) },
 	})
 	if err != nil {
 		ln.Close()
@@ -345,6 +366,42 @@ func (b brokerStatus) List(ctx context.Context) ([]credentials.Credential, error
 
 func (b brokerStatus) StatusOf(c credentials.Credential) credentials.Status {
 	return b.broker.StatusOf(c)
+}
+
+// newNotifier builds the event notifier for PLEO_PROXY_EVENTS_URL, or returns nil (events off).
+// Over PostgreSQL, replicas claim each change in the database, so one of them sends it.
+func newNotifier(cfg *config.Config, store credentials.Store, log *slog.Logger, em *metrics.EventMetrics) (*events.Notifier, error) {
+	if cfg.EventsURL == nil {
+		return nil, nil
+	}
+	claimer, _ := store.(events.Claimer)
+	n, err := events.New(events.Options{
+		URL:     cfg.EventsURL.String(),
+		Key:     cfg.EventsKey,
+		Claimer: claimer,
+		Logger:  log.With("component", "events"),
+		Metrics: em,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("PLEO_PROXY_EVENTS_URL: %w", err)
+	}
+	return n, nil
+}
+
+// remover serves DELETE /credentials/{company_id}: a local delete, or a disconnect that
+// revokes at Pleo first.
+type remover struct {
+	store        credentials.Store
+	disconnector *connect.Disconnector
+}
+
+func (r remover) Delete(ctx context.Context, companyID string) error {
+	return r.store.Delete(ctx, companyID)
+}
+
+func (r remover) Disconnect(ctx context.Context, companyID string, force bool) (bool, error, error) {
+	got, err := r.disconnector.Disconnect(ctx, companyID, force)
+	return got.Revoked, got.RevokeErr, err
 }
 
 // healthcheck asks the admin listener's /healthz, for container health checks.

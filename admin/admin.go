@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
@@ -33,6 +34,17 @@ type CredentialStatus interface {
 	StatusOf(c credentials.Credential) credentials.Status
 }
 
+// CredentialRemover removes credentials for DELETE /credentials/{company_id}.
+type CredentialRemover interface {
+	// Delete removes the credential from the store only; an unknown company is
+	// credentials.ErrNotFound.
+	Delete(ctx context.Context, companyID string) error
+	// Disconnect revokes the installation at Pleo, then removes the credential. Without force,
+	// an unconfirmed revocation keeps the credential and returns an error; with force it is
+	// removed anyway and revoked is false. revokeErr says why a revocation was not confirmed.
+	Disconnect(ctx context.Context, companyID string, force bool) (revoked bool, revokeErr, err error)
+}
+
 // Options configures the admin handler.
 type Options struct {
 	// Gatherer is served on /metrics.
@@ -41,6 +53,8 @@ type Options struct {
 	Checks []Check
 	// Credentials backs GET /credentials.
 	Credentials CredentialStatus
+	// Remover backs DELETE /credentials/{company_id} (nil: that endpoint is off).
+	Remover CredentialRemover
 	// AdminToken guards GET /credentials; empty turns the endpoint off (404).
 	AdminToken credentials.Secret
 	// EnablePprof serves /debug/pprof/.
@@ -54,6 +68,7 @@ type Handler struct {
 	mux          *http.ServeMux
 	checks       []Check
 	creds        CredentialStatus
+	remover      CredentialRemover
 	tokenHash    [32]byte
 	tokenSet     bool
 	shuttingDown atomic.Bool
@@ -65,7 +80,7 @@ func New(opts Options) *Handler {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	h := &Handler{mux: http.NewServeMux(), checks: opts.Checks, creds: opts.Credentials, log: opts.Logger}
+	h := &Handler{mux: http.NewServeMux(), checks: opts.Checks, creds: opts.Credentials, remover: opts.Remover, log: opts.Logger}
 	if !opts.AdminToken.IsZero() {
 		h.tokenSet = true
 		h.tokenHash = sha256.Sum256([]byte(opts.AdminToken.Reveal()))
@@ -80,6 +95,7 @@ func New(opts Options) *Handler {
 	})
 	h.mux.HandleFunc("GET /readyz", h.readyz)
 	h.mux.HandleFunc("GET /credentials", h.credentials)
+	h.mux.HandleFunc("DELETE /credentials/{company_id}", h.removeCredential)
 	if opts.EnablePprof {
 		h.mux.HandleFunc("/debug/pprof/", pprof.Index)
 		h.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -171,6 +187,58 @@ func (h *Handler) credentials(w http.ResponseWriter, r *http.Request) {
 		out = append(out, v)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"credentials": out})
+}
+
+// removeCredential serves DELETE /credentials/{company_id}: with ?revoke=true it revokes the
+// installation at Pleo first (and keeps the credential when Pleo does not confirm, unless
+// &force=true); without it, it removes the credential from the store only.
+func (h *Handler) removeCredential(w http.ResponseWriter, r *http.Request) {
+	if !h.tokenSet || h.remover == nil {
+		http.NotFound(w, r)
+		return
+	}
+	if !h.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="pleo-auth-proxy-admin"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "a valid admin bearer token is required"})
+		return
+	}
+	id := r.PathValue("company_id")
+	if !credentials.ValidCompanyID(id) {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "the company id must be a UUID"})
+		return
+	}
+	id = credentials.CanonicalCompanyID(id)
+	q := r.URL.Query()
+	revoke, force := q.Get("revoke") == "true", q.Get("force") == "true"
+	out := map[string]any{"company_id": id, "removed": true}
+	var err error
+	if revoke {
+		var revoked bool
+		var revokeErr error
+		revoked, revokeErr, err = h.remover.Disconnect(r.Context(), id, force)
+		out["revoked"] = revoked
+		if revokeErr != nil {
+			out["revoke_error"] = revokeErr.Error()
+		}
+		if err != nil && revokeErr != nil && !errors.Is(err, credentials.ErrNotFound) {
+			h.log.WarnContext(r.Context(), "disconnect: Pleo did not confirm the revocation; credential kept", "company_id", id, "error", revokeErr)
+			writeJSON(w, http.StatusBadGateway, map[string]any{"company_id": id, "removed": false, "revoked": false,
+				"error": "Pleo did not confirm the revocation; the credential was kept (add force=true to remove it anyway)", "revoke_error": revokeErr.Error()})
+			return
+		}
+	} else {
+		err = h.remover.Delete(r.Context(), id)
+	}
+	switch {
+	case errors.Is(err, credentials.ErrNotFound):
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no credential for that company"})
+	case err != nil:
+		h.log.WarnContext(r.Context(), "removing a credential failed", "company_id", id, "error", err)
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "the credential store could not be written"})
+	default:
+		h.log.InfoContext(r.Context(), "credential removed through the admin listener", "company_id", id, "revoke", revoke, "revoked", out["revoked"])
+		writeJSON(w, http.StatusOK, out)
+	}
 }
 
 func (h *Handler) authorized(r *http.Request) bool {

@@ -149,6 +149,12 @@ type Config struct {
 	// AdminToken is the bearer token for the admin /credentials endpoint
 	// (PLEO_PROXY_ADMIN_TOKEN or _FILE); empty turns that endpoint off.
 	AdminToken credentials.Secret
+	// EventsURL receives a signed JSON event whenever a credential changes state
+	// (PLEO_PROXY_EVENTS_URL); nil turns events off.
+	EventsURL *url.URL
+	// EventsKey signs the events, HMAC-SHA256 (PLEO_PROXY_EVENTS_KEY or _FILE); at least 32
+	// bytes, required with EventsURL.
+	EventsKey credentials.Secret
 	// ClientTokens are the tokens callers present in Proxy-Authorization when the data listener
 	// is not on loopback (PLEO_PROXY_CLIENT_TOKENS or _FILE), without duplicates.
 	ClientTokens []credentials.Secret
@@ -167,6 +173,9 @@ type Config struct {
 	// EnablePprof serves net/http/pprof on the admin listener (PLEO_PROXY_ENABLE_PPROF).
 	EnablePprof bool
 }
+
+// minEventsKeyBytes is the shortest PLEO_PROXY_EVENTS_KEY (events.MinKeyBytes).
+const minEventsKeyBytes = 32
 
 // raw is what caarlos0/env reads: every variable as text, static defaults applied. Its env
 // tags are also the list of known variables. Parse turns it into a Config, so that every
@@ -202,6 +211,9 @@ type raw struct {
 	AdminToken            string `env:"ADMIN_TOKEN"`
 	AdminTokenFile        string `env:"ADMIN_TOKEN_FILE"`
 	ClientTokens          string `env:"CLIENT_TOKENS"`
+	EventsURL             string `env:"EVENTS_URL"`
+	EventsKey             string `env:"EVENTS_KEY"`
+	EventsKeyFile         string `env:"EVENTS_KEY_FILE"`
 	ClientTokensFile      string `env:"CLIENT_TOKENS_FILE"`
 	LogFormat             string `env:"LOG_FORMAT" envDefault:"text"`
 	LogLevel              string `env:"LOG_LEVEL" envDefault:"info"`
@@ -362,6 +374,12 @@ func Parse(environ map[string]string) (*Config, error) {
 		p.add("ADMIN_TOKEN", nil, "contains a space or a character that cannot appear in an HTTP header")
 	}
 	c.ClientTokens = p.clientTokens("CLIENT_TOKENS")
+	c.EventsURL = p.url("EVENTS_URL", r.EventsURL, "", false)
+	c.EventsKey = credentials.Secret(p.secret("EVENTS_KEY"))
+	if r.EventsURL != "" && len(c.EventsKey.Reveal()) < minEventsKeyBytes {
+		p.add("EVENTS_KEY", nil, "must be set (or %sEVENTS_KEY_FILE) to a key of at least %d bytes when %sEVENTS_URL is set: it signs the events",
+			Prefix, minEventsKeyBytes, Prefix)
+	}
 	switch f := strings.ToLower(r.LogFormat); f {
 	case LogFormatText, LogFormatJSON:
 		c.LogFormat = f

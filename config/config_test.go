@@ -345,6 +345,9 @@ func TestParseProblems(t *testing.T) {
 		{"memory limit negative", map[string]string{"PLEO_PROXY_MEMORY_LIMIT": "-64MiB"}, "MEMORY_LIMIT", "not auto, off or a size"},
 		{"memory limit overflow", map[string]string{"PLEO_PROXY_MEMORY_LIMIT": "9999999999999GiB"}, "MEMORY_LIMIT", "not auto, off or a size"},
 		{"memory limit tiny", map[string]string{"PLEO_PROXY_MEMORY_LIMIT": "4MiB"}, "MEMORY_LIMIT", "less than 16MiB"},
+		{"events URL without a key", map[string]string{"PLEO_PROXY_EVENTS_URL": "http://billing.internal/hooks"}, "EVENTS_KEY", "at least 32 bytes"},
+		{"events key too short", map[string]string{"PLEO_PROXY_EVENTS_URL": "http://billing.internal/hooks", "PLEO_PROXY_EVENTS_KEY": "short"}, "EVENTS_KEY", "at least 32 bytes"},
+		{"events URL not http", map[string]string{"PLEO_PROXY_EVENTS_URL": "ftp://billing.internal/hooks", "PLEO_PROXY_EVENTS_KEY": strings.Repeat("k", 32)}, "EVENTS_URL", "not an absolute http"},
 
 		{"admin token and file", map[string]string{"PLEO_PROXY_ADMIN_TOKEN": "a", "PLEO_PROXY_ADMIN_TOKEN_FILE": empty}, "ADMIN_TOKEN", "set one"},
 		{"admin token file unreadable", map[string]string{"PLEO_PROXY_ADMIN_TOKEN_FILE": unreadable}, "ADMIN_TOKEN_FILE", "cannot read"},
@@ -508,8 +511,8 @@ func TestVariables(t *testing.T) {
 			t.Errorf("Variables() lacks %s", want)
 		}
 	}
-	if len(vars) != 37 {
-		t.Errorf("Variables() has %d names, want 37", len(vars))
+	if len(vars) != 40 {
+		t.Errorf("Variables() has %d names, want 40", len(vars))
 	}
 }
 

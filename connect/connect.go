@@ -89,6 +89,8 @@ type Options struct {
 	Metrics *metrics.Metrics
 	// Secrets learns the tokens obtained, so logs redact them by value (nil: none).
 	Secrets *redact.Set
+	// OnConnected, when set, is told about each credential a flow stored (it must not block).
+	OnConnected func(credentials.Credential)
 }
 
 // Handler serves GET /connect and the callback. Every other path is 404.
@@ -106,6 +108,7 @@ type Handler struct {
 	log          *slog.Logger
 	metrics      *metrics.Metrics
 	secrets      *redact.Set
+	onConnected  func(credentials.Credential)
 }
 
 // New checks opts and builds the handler.
@@ -173,6 +176,7 @@ func New(opts Options) (*Handler, error) {
 		log:          opts.Logger,
 		metrics:      opts.Metrics,
 		secrets:      opts.Secrets,
+		onConnected:  opts.OnConnected,
 	}, nil
 }
 
@@ -451,6 +455,9 @@ func (h *Handler) storeCredential(ctx context.Context, cred credentials.Credenti
 	}
 	if err := h.store.PutAll(ctx, []credentials.Credential{cred}, false); err != nil {
 		return storeFailed(err)
+	}
+	if h.onConnected != nil {
+		h.onConnected(cred.Metadata())
 	}
 	return nil
 }

@@ -64,6 +64,11 @@ type BrokerOptions struct {
 	Logger *slog.Logger
 	// Metrics records cache and refresh metrics (nil: none).
 	Metrics *metrics.Metrics
+	// OnStateChange, when set, is told when this process records or sees a credential enter
+	// reauthorization_required (its refresh token rejected), unauthorized (its API key
+	// answered 401) or expired (its API key passed expires_at while the broker ran). It is
+	// called synchronously: it must not block.
+	OnStateChange func(Credential, Status)
 	// Secrets, when set, learns every token and key the broker loads or obtains, so the log
 	// handler can redact them by value (nil: none).
 	Secrets *redact.Set
@@ -88,6 +93,8 @@ type Broker struct {
 	log           *slog.Logger
 	metrics       *metrics.Metrics
 	secrets       *redact.Set
+	onState       func(Credential, Status)
+	lastSweep     time.Time // the previous Sweep's clock reading (the broker's start at first)
 
 	cache   *lru.Cache[string, *entry]
 	tenants *lru.Cache[string, string]
@@ -187,6 +194,8 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 		log:           opts.Logger,
 		metrics:       opts.Metrics,
 		secrets:       opts.Secrets,
+		onState:       opts.OnStateChange,
+		lastSweep:     opts.Now(),
 		cache:         cache,
 		tenants:       tenants,
 		pending:       make(map[string]pendingPair),
@@ -338,10 +347,21 @@ func (b *Broker) Reauthorize(ctx context.Context, companyID string, rejected Gra
 	retry = !e.grant.Same(rejected)
 	if !retry {
 		b.mu.Lock()
+		v, seen := b.badKeys[companyID]
 		b.badKeys[companyID] = e.cred.Version
 		b.mu.Unlock()
+		if !seen || v != e.cred.Version {
+			b.stateChanged(e.cred, StatusUnauthorized)
+		}
 	}
 	return e.grant, retry, nil
+}
+
+// stateChanged tells OnStateChange, if set.
+func (b *Broker) stateChanged(c Credential, s Status) {
+	if b.onState != nil {
+		b.onState(c.Metadata(), s)
+	}
 }
 
 // keyRejected reports whether the upstream answered 401 to this very API key: to this

@@ -150,6 +150,12 @@ func (c Credential) LogValue() slog.Value {
 	return slog.GroupValue(attrs...)
 }
 
+// Metadata returns the credential without its secrets (access token, refresh token, API key).
+func (c Credential) Metadata() Credential {
+	c.AccessToken, c.RefreshToken, c.APIKey = "", "", ""
+	return c
+}
+
 // String shows metadata only.
 func (c Credential) String() string {
 	return fmt.Sprintf("credential{company_id=%s type=%s version=%d}", c.CompanyID, c.Type, c.Version)

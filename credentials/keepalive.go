@@ -38,6 +38,9 @@ const maxKeepalivePerSweep = 20
 // connection is held across a token call.
 func (b *Broker) Sweep(ctx context.Context) int {
 	now := b.now()
+	b.mu.Lock()
+	since := b.lastSweep
+	b.mu.Unlock()
 	counts := make(map[metrics.CredentialKey]int)
 	expiring := make(map[string]int)
 	var due []Credential
@@ -46,6 +49,9 @@ func (b *Broker) Sweep(ctx context.Context) int {
 		counts[metrics.CredentialKey{Type: string(c.Type), State: string(b.statusOf(c, now))}]++
 		if c.Type.IsAPIKey() && !c.ExpiresAt.IsZero() && c.ExpiresAt.Sub(now) < 7*24*time.Hour {
 			expiring[string(c.Type)]++
+			if c.ExpiresAt.After(since) && !c.ExpiresAt.After(now) {
+				b.stateChanged(c, StatusExpired) // expired since the last pass
+			}
 		}
 		if c.Type != OAuth2 || c.State == StateReauthorizationRequired {
 			return true
@@ -62,6 +68,11 @@ func (b *Broker) Sweep(ctx context.Context) int {
 		b.log.WarnContext(ctx, "background sweep could not list credentials", "error", err)
 		return 0
 	}
+	b.mu.Lock()
+	if now.After(b.lastSweep) {
+		b.lastSweep = now
+	}
+	b.mu.Unlock()
 	b.metrics.SetCredentialCounts(counts)
 	b.metrics.SetExpiringCredentials(expiring)
 	refreshed := 0

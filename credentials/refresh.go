@@ -190,6 +190,7 @@ func (b *Broker) refreshFailed(ctx context.Context, cur Credential, trigger stri
 		marked.LastError = "token endpoint rejected the refresh token: " + code
 		if saved, werr := mark(ctx, marked); werr == nil {
 			b.remember(saved, gen)
+			b.stateChanged(saved, StatusReauthorizationRequired)
 		} else {
 			b.log.WarnContext(ctx, "could not record reauthorization_required", "company_id", cur.CompanyID, "error", werr)
 			b.cache.Add(cur.CompanyID, b.newEntry(marked))
