@@ -127,6 +127,7 @@ func (b *Broker) cooldownReauthorize(ctx context.Context, companyID string, reje
 			return nil, nil // another caller or replica started it meanwhile
 		}
 		next := cd.next(now)
+		_, extended := parseCooldown(c.LastError)
 		c.LastError = next.text()
 		saved, err := b.store.Update(wctx, c)
 		if err != nil {
@@ -140,6 +141,9 @@ func (b *Broker) cooldownReauthorize(ctx context.Context, companyID string, reje
 		b.remember(saved, gen)
 		b.log.WarnContext(ctx, "the upstream keeps answering 401 to a freshly issued token; passing 401s back without refreshing",
 			"company_id", companyID, "cool_down", next.period, "until", next.until)
+		if !extended {
+			b.stateChanged(saved, StatusUnauthorized)
+		}
 		return nil, nil
 	})
 	b.metrics.RefreshSkipped(metrics.SkipUnauthorizedCooldown)

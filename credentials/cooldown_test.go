@@ -69,6 +69,7 @@ type cdEnv struct {
 	m      *metrics.Metrics
 	broker *Broker
 	client *http.Client
+	events chan string // OnStateChange: "<company> <status>"
 }
 
 func newCdEnv(t *testing.T, srv *oauthtest.Server) *cdEnv {
@@ -79,7 +80,7 @@ func newCdEnv(t *testing.T, srv *oauthtest.Server) *cdEnv {
 func newCdEnvOn(t *testing.T, srv *oauthtest.Server, store Store) *cdEnv {
 	t.Helper()
 	e := &cdEnv{t: t, srv: srv, store: store, clock: testenv.NewClock(time.Now()), reg: prometheus.NewRegistry(),
-		client: &http.Client{Timeout: 10 * time.Second}}
+		client: &http.Client{Timeout: 10 * time.Second}, events: make(chan string, 100)}
 	e.m = metrics.New(e.reg)
 	e.broker = e.newBroker()
 	return e
@@ -95,6 +96,7 @@ func (e *cdEnv) newBrokerOn(s Store) *Broker {
 		RefreshBefore: time.Minute,
 		Now:           e.clock.Now,
 		Metrics:       e.m,
+		OnStateChange: func(c Credential, s Status) { e.events <- c.CompanyID + " " + string(s) },
 	})
 	if err != nil {
 		e.t.Fatal(err)
@@ -212,6 +214,9 @@ func TestUnauthorizedCooldown(t *testing.T) {
 	if !stored.InCooldown() || e.broker.StatusOf(stored) != StatusUnauthorized {
 		t.Fatalf("stored last_error %q, status %q; want a cool-down, unauthorized", stored.LastError, e.broker.StatusOf(stored))
 	}
+	if len(e.events) != 1 || <-e.events != company+" unauthorized" {
+		t.Fatal("entering the cool-down was not reported once as unauthorized")
+	}
 	e.broker.Sweep(context.Background())
 	if v := e.series("pleo_proxy_credentials", metrics.StateUnauthorized, metrics.CredentialOAuth2); v != 1 {
 		t.Fatalf("pleo_proxy_credentials{type=oauth2,state=unauthorized} = %v, want 1", v)
@@ -240,6 +245,9 @@ func TestUnauthorizedCooldown(t *testing.T) {
 	}
 	if cd, _ := parseCooldown(bkGet(t, e.store, company).LastError); cd.period != 2*CooldownBase {
 		t.Fatalf("second cool-down %s, want %s", cd.period, 2*CooldownBase)
+	}
+	if len(e.events) != 0 {
+		t.Fatalf("a longer cool-down reported again: %s", <-e.events)
 	}
 
 	// The healthy path works, and its success ends the state.
