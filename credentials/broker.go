@@ -110,9 +110,10 @@ type Broker struct {
 	// clientErrors: some back-off in backoff is for a client error (see refreshSucceeded).
 	clientErrors bool
 	writers      map[string]bool // companies with a write-retry goroutine running
-	// probation: company -> hash of the grant a 401-triggered refresh obtained, until the
-	// upstream accepts it (see cooldown.go); probations counts them for Accepted's fast path.
-	probation  map[string][32]byte
+	// probation: company -> hash ([32]byte) of the grant a 401-triggered refresh obtained,
+	// until the upstream accepts it (see cooldown.go); a sync.Map, because Accepted reads it
+	// on the request path without a lock. probations counts its entries for a faster path.
+	probation  sync.Map
 	probations atomic.Int64
 	clamped    map[string]bool // companies warned that their tokens live shorter than RefreshBefore
 
@@ -203,7 +204,6 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 		badKeys:       make(map[string]int64),
 		backoff:       make(map[string]backoffState),
 		writers:       make(map[string]bool),
-		probation:     make(map[string][32]byte),
 		clamped:       make(map[string]bool),
 	}
 	if opts.OAuth.ClientID != "" {

@@ -155,21 +155,16 @@ func (b *Broker) cooldownReauthorize(ctx context.Context, companyID string, reje
 // cure the 401s. (A token merely issued recently is not enough: one revoked at Pleo right
 // after it was issued is cured by a refresh, and must be.)
 func (b *Broker) fresh(c Credential, g Grant) bool {
-	b.mu.Lock()
-	h, ok := b.probation[c.CompanyID]
-	b.mu.Unlock()
-	return ok && h == grantHash(g)
+	h, ok := b.probation.Load(c.CompanyID)
+	return ok && h.([32]byte) == grantHash(g)
 }
 
 // onProbation records that g was obtained by a refresh that a 401 triggered: if the upstream
 // answers 401 to it too, a refresh did not help, and the next 401 starts a cool-down.
 func (b *Broker) onProbation(companyID string, g Grant) {
-	b.mu.Lock()
-	if _, ok := b.probation[companyID]; !ok {
+	if _, loaded := b.probation.Swap(companyID, grantHash(g)); !loaded {
 		b.probations.Add(1)
 	}
-	b.probation[companyID] = grantHash(g)
-	b.mu.Unlock()
 }
 
 // Accepted tells the broker that the upstream answered g with a status other than 401 (and
@@ -179,12 +174,9 @@ func (b *Broker) Accepted(ctx context.Context, companyID string, g Grant) {
 	if !g.cooling && b.probations.Load() == 0 {
 		return
 	}
-	b.mu.Lock()
-	if h, ok := b.probation[companyID]; ok && h == grantHash(g) {
-		delete(b.probation, companyID)
+	if h, ok := b.probation.Load(companyID); ok && h.([32]byte) == grantHash(g) && b.probation.CompareAndDelete(companyID, h) {
 		b.probations.Add(-1)
 	}
-	b.mu.Unlock()
 	if !g.cooling {
 		return
 	}

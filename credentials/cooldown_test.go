@@ -376,8 +376,7 @@ func TestTokenEndpointRetryAfter(t *testing.T) {
 		value func(now time.Time) string
 	}{
 		{"seconds", func(time.Time) string { return "120" }},
-		// An HTTP-date on the real clock (the header is read at the answer on the broker's
-		// clock, which starts at the real time): two minutes ahead, to the second.
+		// An HTTP-date two minutes ahead of the broker's clock (to the second, so 120-121 s).
 		{"date", func(now time.Time) string { return now.Add(121 * time.Second).UTC().Format(http.TimeFormat) }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -387,7 +386,7 @@ func TestTokenEndpointRetryAfter(t *testing.T) {
 			e.seed(a, -time.Minute)
 			e.seed(other, -time.Minute)
 			srv.SetTokenFailure(http.StatusTooManyRequests)
-			srv.SetTokenRetryAfter(tt.value(time.Now()))
+			srv.SetTokenRetryAfter(tt.value(e.clock.Now()))
 
 			before := srv.Stats()
 			_, err := e.broker.Authorize(context.Background(), a)
