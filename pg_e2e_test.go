@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -55,8 +56,12 @@ func TestPGMigrationRace(t *testing.T) {
 			t.Errorf("process %d: %v: %s", i, err, outs[i])
 		}
 	}
-	if got := pgE2ECount(t, dsn, `SELECT count(*) FROM pleo_proxy_schema_migrations`); got != 1 {
-		t.Errorf("%d migrations recorded, want 1", got)
+	shipped, err := filepath.Glob("credentials/migrations/*.sql")
+	if err != nil || len(shipped) == 0 {
+		t.Fatalf("no migrations found: %v", err)
+	}
+	if got := pgE2ECount(t, dsn, `SELECT count(*) FROM pleo_proxy_schema_migrations`); got != int64(len(shipped)) {
+		t.Errorf("%d migrations recorded, want %d (each once)", got, len(shipped))
 	}
 	if got := pgE2ECount(t, dsn, `SELECT count(*) FROM pg_tables WHERE tablename = 'pleo_proxy_credentials'`); got != 1 {
 		t.Errorf("%d credential tables, want 1", got)
