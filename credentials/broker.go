@@ -314,8 +314,8 @@ func (b *Broker) Authorize(ctx context.Context, companyID string) (_ Grant, err 
 // more attempt.
 func (b *Broker) Reauthorize(ctx context.Context, companyID string, rejected Grant) (g Grant, retry bool, err error) {
 	if rejected.Type == OAuth2 {
-		if b.cooldownReauthorize(ctx, companyID, rejected) {
-			return rejected, false, nil // in a 401 cool-down: the upstream's 401 goes back
+		if g, retry, done, err := b.cooldownReauthorize(ctx, companyID, rejected); done {
+			return g, retry, err // a 401 cool-down, or a newer token found without a token call
 		}
 		e, err := b.refresh(ctx, companyID, TriggerUnauthorized, rejected)
 		if err == nil && e.grant.Same(rejected) {

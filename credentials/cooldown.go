@@ -96,25 +96,44 @@ func lastErrorAfterRefresh(cur Credential) string {
 	return ""
 }
 
+// triggerProbe is the trigger of a refresh flight that only looks: under the company's
+// refresh lock (across replicas where the store has one), it adopts a token newer than the
+// rejected one if one was stored, and otherwise ends with errWouldRefresh instead of calling
+// the token endpoint. It is never a metric label.
+const triggerProbe = "cooldown_probe"
+
+// errWouldRefresh ends a probe whose rejected token is still the current one.
+var errWouldRefresh = errors.New("credentials: the rejected token is the current one")
+
 // cooldownReauthorize is Reauthorize's first step for OAuth: done reports that the 401 to
-// rejected is answered without a refresh, because the company is in a cool-down or because
-// rejected is fresh and a cool-down starts now. g is then rejected and retry false, so that
-// the upstream's 401 is passed back unchanged.
-func (b *Broker) cooldownReauthorize(ctx context.Context, companyID string, rejected Grant) (done bool) {
+// rejected is answered without a token call — g, retry and err are then Reauthorize's
+// results. In a cool-down, the 401 is passed back (g is rejected, retry false). A 401 to a
+// token on probation first looks, under the refresh lock, for a newer token (another replica
+// may have rotated the rejected one, which is why it was refused): one is retried with;
+// otherwise a cool-down starts and the 401 is passed back.
+func (b *Broker) cooldownReauthorize(ctx context.Context, companyID string, rejected Grant) (g Grant, retry, done bool, err error) {
 	e, err := b.lookup(ctx, companyID)
 	if err != nil || !e.grant.Same(rejected) || e.cred.State == StateReauthorizationRequired {
-		return false // a newer token, or an error: the refresh path deals with it
+		return Grant{}, false, false, nil // a newer token, or an error: the refresh path deals with it
 	}
 	now := b.now()
 	cd, marked := parseCooldown(e.cred.LastError)
 	if marked && now.Before(cd.until) {
 		b.metrics.RefreshSkipped(metrics.SkipUnauthorizedCooldown)
-		return true
+		return rejected, false, true, nil
 	}
 	if !b.fresh(e.cred, rejected) {
-		return false
+		return Grant{}, false, false, nil
 	}
-	// Start (or extend) the cool-down; callers arriving together share one store write.
+	ne, err := b.refresh(ctx, companyID, triggerProbe, rejected)
+	switch {
+	case err == nil && !ne.grant.Same(rejected):
+		return ne.grant, true, true, nil // rotated by another replica or flight meanwhile
+	case !errors.Is(err, errWouldRefresh):
+		return Grant{}, false, false, nil
+	}
+	// The rejected token is the current one, and a refresh already failed to cure the 401s:
+	// start (or extend) the cool-down; callers arriving together share one store write.
 	_, _, _ = b.flights.Do("401:"+companyID, func() (any, error) {
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.tokenTimeout)
 		defer cancel()
@@ -123,11 +142,11 @@ func (b *Broker) cooldownReauthorize(ctx context.Context, companyID string, reje
 		if err != nil || !NewGrant(c).Same(rejected) {
 			return nil, err
 		}
-		if cur, ok := parseCooldown(c.LastError); ok && now.Before(cur.until) {
+		cur, extended := parseCooldown(c.LastError)
+		if extended && now.Before(cur.until) {
 			return nil, nil // another caller or replica started it meanwhile
 		}
-		next := cd.next(now)
-		_, extended := parseCooldown(c.LastError)
+		next := cur.next(now)
 		c.LastError = next.text()
 		saved, err := b.store.Update(wctx, c)
 		if err != nil {
@@ -147,7 +166,7 @@ func (b *Broker) cooldownReauthorize(ctx context.Context, companyID string, reje
 		return nil, nil
 	})
 	b.metrics.RefreshSkipped(metrics.SkipUnauthorizedCooldown)
-	return true
+	return rejected, false, true, nil
 }
 
 // fresh reports whether g's token was obtained by a refresh that a 401 triggered, and no

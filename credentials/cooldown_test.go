@@ -300,6 +300,54 @@ func TestUnauthorizedCooldownPG(t *testing.T) {
 	})
 }
 
+// A 401 to a token on probation that another replica is rotating right now (its refresh
+// holds the company's lock; the token endpoint has the request) is no reason for a
+// cool-down: the probe waits for that refresh and retries with its token.
+func TestProbationTokenRotatedByAnotherReplica(t *testing.T) {
+	srv := oauthtest.NewServer(t, oauthtest.Options{})
+	dsn := pgTestDB(t)
+	e := newCdEnvOn(t, srv, pgOpen(t, dsn, PGStoreOptions{}))
+	other := e.newBrokerOn(pgOpen(t, dsn, PGStoreOptions{}))
+	company := bkCompanyID(8)
+	e.seed(company, 10*time.Minute)
+	ctx := context.Background()
+
+	g0, err := e.broker.Authorize(ctx, company)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g1, retry, err := e.broker.Reauthorize(ctx, company, g0) // a 401: refreshed, g1 on probation
+	if err != nil || !retry {
+		t.Fatalf("Reauthorize: %v, %v", retry, err)
+	}
+	og, err := other.Authorize(ctx, company)
+	if err != nil || !og.Same(g1) {
+		t.Fatalf("the other replica: %v", err)
+	}
+	srv.SetTokenDelay(700 * time.Millisecond)
+	before := srv.Stats().TokenCalls
+	rotated := make(chan Grant, 1)
+	go func() {
+		g, _, err := other.Reauthorize(ctx, company, og)
+		if err != nil {
+			t.Errorf("the other replica's refresh: %v", err)
+		}
+		rotated <- g
+	}()
+	testenv.WaitFor(t, "the other replica's token call", 10*time.Second, func() bool { return srv.Stats().TokenCalls > before })
+
+	g2, retry, err := e.broker.Reauthorize(ctx, company, g1)
+	if err != nil || !retry || g2.Same(g1) {
+		t.Fatalf("Reauthorize during the other replica's refresh: retry %v, same token %v, %v; want its new token", retry, g2.Same(g1), err)
+	}
+	if g := <-rotated; !g.Same(g2) {
+		t.Fatal("not the other replica's token")
+	}
+	if c := bkGet(t, e.store, company); c.InCooldown() || e.skipped(metrics.SkipUnauthorizedCooldown) != 0 {
+		t.Fatalf("a cool-down started: %q", c.LastError)
+	}
+}
+
 // A token revoked at Pleo is still cured by one refresh and retry: only a token that a
 // 401-triggered refresh obtained starts a cool-down when it is rejected too.
 func TestRevokedTokenStillRefreshes(t *testing.T) {

@@ -37,6 +37,9 @@ func (b *Broker) refresh(ctx context.Context, companyID, trigger string, stale G
 				// to a refresh. It has finished now; run one of our own.
 				continue
 			}
+			if errors.Is(r.Err, errWouldRefresh) && trigger != triggerProbe {
+				continue // joined a cool-down probe, which refreshes nothing: run our own
+			}
 			if r.Err != nil {
 				return nil, r.Err
 			}
@@ -125,6 +128,9 @@ func (b *Broker) preflight(ctx context.Context, companyID, trigger string, stale
 			return e, true, nil
 		}
 		return b.remember(cur, gen), true, nil
+	}
+	if trigger == triggerProbe {
+		return nil, true, errWouldRefresh
 	}
 	b.mu.Lock()
 	rejected, wasRejected := b.rejected[companyID]
