@@ -55,11 +55,15 @@ func (bo *backoffState) honour(re *oauth2.RetrieveError, wait time.Duration, now
 	return wait
 }
 
-// refreshSucceeded ends the company's back-off. A success also shows that the OAuth client
-// works: every other company backing off because it did not (invalid_client,
-// unauthorized_client: the secret was wrong and has been corrected) refreshes on its next
-// request rather than after up to MaxBackoff.
-func (b *Broker) refreshSucceeded(companyID string) {
+// refreshSucceeded runs when the token endpoint answered a refresh with next. It ends the
+// company's back-off. A success also shows that the OAuth client works: every other company
+// backing off because it did not (invalid_client, unauthorized_client: the secret was wrong
+// and has been corrected) refreshes on its next request rather than after up to MaxBackoff.
+// A token obtained because of a 401 is put on probation (see cooldown.go).
+func (b *Broker) refreshSucceeded(companyID, trigger string, next Credential) {
+	if trigger == TriggerUnauthorized {
+		b.onProbation(companyID, NewGrant(next))
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	delete(b.backoff, companyID)

@@ -326,9 +326,6 @@ func (b *Broker) Reauthorize(ctx context.Context, companyID string, rejected Gra
 		if err != nil {
 			return Grant{}, false, err
 		}
-		if !e.grant.Same(rejected) {
-			b.onProbation(companyID, e.grant)
-		}
 		return e.grant, !e.grant.Same(rejected), nil
 	}
 	gen := b.gen.Load()

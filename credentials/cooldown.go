@@ -102,8 +102,21 @@ func lastErrorAfterRefresh(cur Credential) string {
 // the token endpoint. It is never a metric label.
 const triggerProbe = "cooldown_probe"
 
-// errWouldRefresh ends a probe whose rejected token is still the current one.
-var errWouldRefresh = errors.New("credentials: the rejected token is the current one")
+// A probe ends with errWouldRefresh when the rejected token is still the current one, with
+// errNotCurrent when a newer token is stored that the refresh path should deal with (it is
+// within its refresh window); both are errProbed.
+var (
+	errProbed       = errors.New("credentials: cool-down probe")
+	errWouldRefresh = fmt.Errorf("%w: the rejected token is the current one", errProbed)
+	errNotCurrent   = fmt.Errorf("%w: a newer token is stored", errProbed)
+)
+
+func probed(current bool) error {
+	if current {
+		return errWouldRefresh
+	}
+	return errNotCurrent
+}
 
 // cooldownReauthorize is Reauthorize's first step for OAuth: done reports that the 401 to
 // rejected is answered without a token call — g, retry and err are then Reauthorize's
@@ -122,7 +135,9 @@ func (b *Broker) cooldownReauthorize(ctx context.Context, companyID string, reje
 		b.metrics.RefreshSkipped(metrics.SkipUnauthorizedCooldown)
 		return rejected, false, true, nil
 	}
-	if !b.fresh(e.cred, rejected) {
+	// A token within its refresh window may have expired on the way (or been rotated by an
+	// expiry refresh elsewhere): that 401 is for the refresh path.
+	if !b.fresh(e.cred, rejected) || !now.Before(e.refreshAt) {
 		return Grant{}, false, false, nil
 	}
 	ne, err := b.refresh(ctx, companyID, triggerProbe, rejected)
@@ -178,7 +193,8 @@ func (b *Broker) fresh(c Credential, g Grant) bool {
 	return ok && h.([32]byte) == grantHash(g)
 }
 
-// onProbation records that g was obtained by a refresh that a 401 triggered: if the upstream
+// onProbation records that g was obtained from the token endpoint by a refresh that a 401
+// triggered (not adopted from another replica's refresh): if the upstream
 // answers 401 to it too, a refresh did not help, and the next 401 starts a cool-down.
 func (b *Broker) onProbation(companyID string, g Grant) {
 	if _, loaded := b.probation.Swap(companyID, grantHash(g)); !loaded {

@@ -37,7 +37,7 @@ func (b *Broker) refresh(ctx context.Context, companyID, trigger string, stale G
 				// to a refresh. It has finished now; run one of our own.
 				continue
 			}
-			if errors.Is(r.Err, errWouldRefresh) && trigger != triggerProbe {
+			if errors.Is(r.Err, errProbed) && trigger != triggerProbe {
 				continue // joined a cool-down probe, which refreshes nothing: run our own
 			}
 			if r.Err != nil {
@@ -92,7 +92,7 @@ func (b *Broker) refreshLocked(ctx context.Context, companyID, trigger string, s
 	saved, err := b.persist(ctx, stored, cur.RefreshToken, next)
 	window := time.Since(arrived)
 	b.metrics.TokenRefresh(trigger, metrics.RefreshSuccess, took)
-	b.refreshSucceeded(companyID)
+	b.refreshSucceeded(companyID, trigger, next)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			b.log.WarnContext(ctx, "credential deleted during its refresh; dropping the new tokens", "company_id", companyID)
@@ -130,7 +130,7 @@ func (b *Broker) preflight(ctx context.Context, companyID, trigger string, stale
 		return b.remember(cur, gen), true, nil
 	}
 	if trigger == triggerProbe {
-		return nil, true, errWouldRefresh
+		return nil, true, probed(e.grant.Same(stale))
 	}
 	b.mu.Lock()
 	rejected, wasRejected := b.rejected[companyID]
@@ -468,7 +468,7 @@ func (b *Broker) refreshShared(ctx context.Context, companyID, trigger string, s
 	saved, err := lock.Commit(ctx, next)
 	window := time.Since(x.arrived)
 	b.metrics.TokenRefresh(trigger, metrics.RefreshSuccess, x.took)
-	b.refreshSucceeded(companyID)
+	b.refreshSucceeded(companyID, trigger, next)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		b.log.WarnContext(ctx, "credential deleted during its refresh; dropping the new tokens", "company_id", companyID)
