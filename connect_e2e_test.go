@@ -185,7 +185,13 @@ func TestConnectEndToEnd(t *testing.T) {
 
 	browser := connectBrowser(t)
 	plainClient := &http.Client{Timeout: 20 * time.Second} // no cookies: the data and admin listeners
-	status, body := connectGet(t, browser, "http://"+connectAddr+"/connect?"+url.Values{"tenant_id": {"erp-e2e"}}.Encode())
+	// The link comes from the connect-link command, under the key derived from the
+	// encryption key the sidecar holds too.
+	link := mintLink(t, env, "erp-e2e")
+	if !strings.HasPrefix(link, "http://"+connectAddr+"/connect?") {
+		t.Fatalf("link %s is not on the connect listener", link)
+	}
+	status, body := connectGet(t, browser, link)
 	if status != http.StatusOK || !strings.Contains(body, "Connected") || !strings.Contains(body, company) {
 		t.Fatalf("consent flow: %d %s\n%s", status, body, s.log())
 	}
@@ -240,8 +246,16 @@ func TestDevConsentFlow(t *testing.T) {
 		"PLEO_PROXY_CONNECT_ADDR=127.0.0.1:0",
 	}
 	s := startConnectSidecar(t, env, "--dev")
-	start := "http://" + s.connect + "/connect?tenant_id=" + devConnectTenant
-	waitFor(t, func() bool { return strings.Contains(s.stdout.String(), start) })
+	printed := regexp.MustCompile(`open '(http://` + regexp.QuoteMeta(s.connect) + `/connect\?[^']+)'`)
+	waitFor(t, func() bool { return printed.MatchString(s.stdout.String()) })
+	start := printed.FindStringSubmatch(s.stdout.String())[1]
+	if u, err := url.Parse(start); err != nil || u.Query().Get("tenant_id") != devConnectTenant || u.Query().Get("sig") == "" {
+		t.Fatalf("printed link %s", start)
+	}
+	// The printed link is signed: an unsigned one for the same tenant is refused.
+	if status, _ := connectGet(t, connectBrowser(t), "http://"+s.connect+"/connect?tenant_id="+devConnectTenant); status != http.StatusForbidden {
+		t.Fatalf("unsigned link on --dev: %d", status)
+	}
 	status, body := connectGet(t, connectBrowser(t), start)
 	if status != http.StatusOK || !strings.Contains(body, devConnectCompany) {
 		t.Fatalf("dev consent flow: %d %s\n%s", status, body, s.log())
@@ -251,4 +265,18 @@ func TestDevConsentFlow(t *testing.T) {
 		t.Fatalf("proxied: %d %s", status, body)
 	}
 	s.stop(t)
+}
+
+// mintLink runs `pleo-auth-proxy connect-link --tenant T` with env and returns the link.
+func mintLink(t *testing.T, env []string, tenant string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(binary(t), append([]string{"connect-link", "--tenant", tenant}, args...)...)
+	cmd.Env = env
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("connect-link: %v: %s", err, stderr.String())
+	}
+	return strings.TrimSpace(string(out))
 }

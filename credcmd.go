@@ -26,11 +26,10 @@ import (
 const (
 	usageImport     = "usage: credentials import [--env-file PATH] [--replace] FILE|-"
 	usageList       = "usage: credentials list [--env-file PATH] [--json]"
-	usageDelete     = "usage: credentials delete [--env-file PATH] COMPANY_ID (removes it from the store only: Pleo still honours the grant; see credentials disconnect)"
-	usageDisconnect = "usage: credentials disconnect [--env-file PATH] (--company ID | --tenant T) [--force] (revokes the installation at Pleo with DELETE /v1/installations/me, then removes the credential; --force removes it even when Pleo does not confirm)"
-	usagePut        = "usage: credentials put [--env-file PATH] (--company ID | --discover-company) --type standalone_api_key|integrated_api_key [--tenant T] [--expires-at RFC3339] [--key-file PATH] (the key comes from --key-file or standard input, never from the command line)"
+	usageDelete     = "usage: credentials delete [--env-file PATH] COMPANY_ID\n(removes it from the store only: Pleo still honours the grant; see credentials disconnect)"
+	usageDisconnect = "usage: credentials disconnect [--env-file PATH] (--company ID | --tenant T) [--force]\n(revokes the installation at Pleo with DELETE /v1/installations/me, then removes the credential; --force removes it even when Pleo does not confirm)"
+	usagePut        = "usage: credentials put [--env-file PATH] (--company ID | --discover-company) --type standalone_api_key|integrated_api_key [--tenant T] [--expires-at RFC3339] [--key-file PATH]\n(the key comes from --key-file or standard input, never from the command line)"
 	usageRotateKey  = "usage: credentials rotate-key [--env-file PATH]"
-	subcommands     = "import, list, delete, disconnect, put or rotate-key"
 )
 
 // maxKeyBytes bounds an API key read by put; maxImportBytes an import document.
@@ -39,30 +38,26 @@ const (
 	maxImportBytes = 256 << 20
 )
 
-// credentialsCommand runs `credentials import|list|delete|put|rotate-key` against the
+// credentialsCommands declares the credentials subcommands, which run against the
 // configured store. A usageError (exit 2) is a bad command line; any other error exits 1.
-func credentialsCommand(ctx context.Context, args, environ []string, stdin io.Reader, stdout io.Writer) error {
-	if len(args) == 0 {
-		return usageError{"credentials needs a subcommand: " + subcommands}
+func credentialsCommands() []*command {
+	return []*command{
+		credentialsCommand("import", usageImport, "import credentials from a file or standard input: all or nothing", (*credCmd).importCmd),
+		credentialsCommand("list", usageList, "list the stored credentials (never a secret)", (*credCmd).list),
+		credentialsCommand("delete", usageDelete, "remove a credential from the store (nothing at Pleo)", (*credCmd).delete),
+		credentialsCommand("disconnect", usageDisconnect, "revoke the installation at Pleo (DELETE /v1/installations/me), then remove the credential", (*credCmd).disconnect),
+		credentialsCommand("put", usagePut, "store one API key, read from --key-file or standard input (never the command line); "+
+			"--discover-company learns the company from GET {upstream}/v1/installations/me", (*credCmd).put),
+		credentialsCommand("rotate-key", usageRotateKey, "re-seal every stored secret with the newest encryption key", (*credCmd).rotateKey),
 	}
-	sub, rest := args[0], args[1:]
-	c := credCmd{ctx: ctx, environ: environ, stdin: stdin, stdout: stdout}
-	switch sub {
-	case "import":
-		return c.importCmd(rest)
-	case "list":
-		return c.list(rest)
-	case "delete":
-		return c.delete(rest)
-	case "disconnect":
-		return c.disconnect(rest)
-	case "put":
-		return c.put(rest)
-	case "rotate-key":
-		return c.rotateKey(rest)
-	default:
-		return usageError{fmt.Sprintf("unknown credentials subcommand %q (%s)", sub, subcommands)}
-	}
+}
+
+// credentialsCommand declares one credentials subcommand run by fn.
+func credentialsCommand(name, usage, summary string, fn func(c *credCmd, args []string) error) *command {
+	return &command{name: name, usage: usage, summary: summary, run: func(ctx context.Context, inv invocation) error {
+		c := credCmd{ctx: ctx, environ: inv.environ, stdin: inv.stdin, stdout: inv.stdout}
+		return fn(&c, inv.args)
+	}}
 }
 
 type credCmd struct {
@@ -77,21 +72,13 @@ type credCmd struct {
 // flags returns a flag set with the common --env-file.
 func (c *credCmd) flags(name string) *flag.FlagSet {
 	fs := flag.NewFlagSet("credentials "+name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
 	fs.StringVar(&c.envFile, "env-file", "", "load a dotenv file first")
 	return fs
 }
 
 // parse parses the command line; -h prints usage and ends the command successfully.
 func (c *credCmd) parse(fs *flag.FlagSet, args []string, usage string) (help bool, err error) {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(c.stdout, usage)
-			return true, nil
-		}
-		return false, usageError{err.Error() + "\n" + usage}
-	}
-	return false, nil
+	return parseFlags(fs, args, usage, c.stdout)
 }
 
 // config loads the configuration (once).
@@ -276,7 +263,7 @@ func (c *credCmd) disconnect(args []string) error {
 		return err
 	}
 	defer broker.Close()
-	notifier, err := newNotifier(cfg, store, slog.New(slog.DiscardHandler), nil)
+	notifier, err := newNotifier(cfg, store, nil, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
@@ -32,6 +34,9 @@ type devPleo struct {
 	mock *mockpleo.Server
 	srv  *http.Server
 	url  string
+	// connectKey signs this process's connect links: random, so links of one --dev run are
+	// worthless to any other.
+	connectKey string
 }
 
 func startDevPleo() (*devPleo, error) {
@@ -40,7 +45,12 @@ func startDevPleo() (*devPleo, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dev: starting the mock Pleo: %w", err)
 	}
-	d := &devPleo{mock: mock, url: "http://" + ln.Addr().String()}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("dev: connect link key: %w", err)
+	}
+	d := &devPleo{mock: mock, url: "http://" + ln.Addr().String(), connectKey: base64.StdEncoding.EncodeToString(key)}
 	d.srv = &http.Server{Handler: mock.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = d.srv.Serve(ln) }()
 	return d, nil
@@ -63,6 +73,7 @@ func (d *devPleo) environ() map[string]string {
 		"PLEO_PROXY_CONNECT_ADDR":        devConnectAddr,
 		"PLEO_PROXY_OAUTH_REDIRECT_URL":  devRedirectURL,
 		"PLEO_PROXY_OAUTH_SCOPES":        "export-jobs:read export-items:read",
+		"PLEO_PROXY_CONNECT_KEY":         d.connectKey,
 	}
 }
 
@@ -96,7 +107,10 @@ func (d *devPleo) seed(ctx context.Context, store credentials.Store) error {
 	}, false)
 }
 
-func (d *devPleo) printTry(w io.Writer, listen, adminAddr, connectAddr string, cfg *config.Config) {
+// devLinkTTL is the lifetime of the link --dev prints.
+const devLinkTTL = 24 * time.Hour
+
+func (d *devPleo) printTry(w io.Writer, listen, adminAddr, connectAddr string, cfg *config.Config, links *connectLinks) {
 	p := "http://" + listen
 	a := "http://" + adminAddr
 	fmt.Fprintf(w, `
@@ -123,16 +137,33 @@ Try:
 	if connectAddr == "off" {
 		return
 	}
-	// Reach /connect on the redirect URL's host: the flow's binding cookie is per host.
-	start := "http://" + connectAddr + "/connect?tenant_id=" + devConnectTenant
-	if cfg.OAuthRedirectURL != nil {
-		start = cfg.OAuthRedirectURL.Scheme + "://" + cfg.OAuthRedirectURL.Host + "/connect?tenant_id=" + devConnectTenant
+	if links == nil { // PLEO_PROXY_CONNECT_UNSIGNED_LINKS=true and no key
+		fmt.Fprintf(w, "The consent flow takes unsigned links: %s/connect?tenant_id=%s\n\n", publicBase(cfg, connectAddr), devConnectTenant)
+		return
 	}
-	fmt.Fprintf(w, `Connect a company with the consent flow (the mock consents at once, for company %s):
+	// A link signed with this process's key, on the redirect URL's host (the flow's binding
+	// cookie is per host).
+	start, _, err := links.ConnectLink(devConnectTenant, devLinkTTL)
+	if err != nil {
+		fmt.Fprintf(w, "No connect link: %v\n\n", err)
+		return
+	}
+	fmt.Fprintf(w, `Connect a company with the consent flow (the mock consents at once, for company %s);
+this link is signed for tenant %s and valid for %s in this process only:
   open '%s'                      # in a browser, or:
   curl -sL -c /dev/null '%s'     # -c turns on curl's cookies
   curl -s %s/v1/export-jobs -H '%s: %s'                    # then use it
   curl -s %s/metrics | grep ^pleo_proxy_connect
+Mint another link, as an integration would (or change a character of this one to see a 403):
+  curl -s -X POST %s/connect-links -H 'Authorization: Bearer %s' -d '{"tenant_id": "another-tenant", "ttl": "1h"}'
 
-`, devConnectCompany, start, start, p, cfg.TenantHeader, devConnectTenant, a)
+`, devConnectCompany, devConnectTenant, devLinkTTL, start, start, p, cfg.TenantHeader, devConnectTenant, a, a, devAdminToken)
+}
+
+// publicBase is the connect listener's public scheme and host.
+func publicBase(cfg *config.Config, connectAddr string) string {
+	if cfg.OAuthRedirectURL != nil {
+		return cfg.OAuthRedirectURL.Scheme + "://" + cfg.OAuthRedirectURL.Host
+	}
+	return "http://" + connectAddr
 }

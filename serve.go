@@ -47,11 +47,21 @@ func loadConfig(environ []string, envFile string, overlay map[string]string) (*c
 }
 
 // newLogHandler builds the process log handler: tint text (colour only on a terminal) or JSON.
+// JSON writes durations as text with their unit ("1.5s"), as the text handler does, not as
+// bare nanoseconds.
 func newLogHandler(cfg *config.Config, w io.Writer) slog.Handler {
 	if cfg.LogFormat == "json" {
-		return slog.NewJSONHandler(w, &slog.HandlerOptions{Level: cfg.LogLevel})
+		return slog.NewJSONHandler(w, &slog.HandlerOptions{Level: cfg.LogLevel, ReplaceAttr: durationText})
 	}
 	return tint.NewTextHandler(w, &tint.Options{Level: cfg.LogLevel, NoColor: !isTerminal(w), TimeFormat: time.RFC3339})
+}
+
+// durationText is a ReplaceAttr that writes a duration as its String ("1.5s").
+func durationText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
 }
 
 // configSecrets lists the configuration's secret values, for redaction by value.
@@ -61,6 +71,9 @@ func configSecrets(cfg *config.Config) []string {
 		out = append(out, t.Reveal())
 	}
 	for _, k := range cfg.EncryptionKeys {
+		out = append(out, base64.StdEncoding.EncodeToString(k), string(k))
+	}
+	for _, k := range cfg.ConnectKeys {
 		out = append(out, base64.StdEncoding.EncodeToString(k), string(k))
 	}
 	if u, err := url.Parse(cfg.Store); err == nil && u.User != nil {
@@ -80,16 +93,17 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
+// usageServe is serve's usage line.
+const usageServe = "usage: serve [--env-file PATH] [--dev]\n" +
+	"The configuration comes from PLEO_PROXY_* environment variables (config.example.env lists them);\n" +
+	"--dev runs against an embedded mock Pleo with demo companies."
+
 func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	envFile := fs.String("env-file", "", "load a dotenv file first (the process environment wins)")
 	dev := fs.Bool("dev", false, "run against an embedded mock Pleo with demo companies (no account, no network)")
-	if err := fs.Parse(args); err != nil {
-		return usageError{""}
-	}
-	if fs.NArg() > 0 {
-		return usageError{fmt.Sprintf("serve takes no arguments, got %q", fs.Args())}
+	if help, err := noArgs(fs, invocation{args: args, stdout: stdout}, usageServe); help || err != nil {
+		return err
 	}
 
 	var mock *devPleo
@@ -133,7 +147,11 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 			return err
 		}
 	}
-	notifier, err := newNotifier(cfg, rawStore, log, metrics.NewEvents(reg))
+	links, err := connectLinksOf(cfg, log)
+	if err != nil {
+		return err
+	}
+	notifier, err := newNotifier(cfg, rawStore, links, log, metrics.NewEvents(reg))
 	if err != nil {
 		return err
 	}
@@ -171,6 +189,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		Transport:        upstreamTransport,
 		Logger:           log,
 		Metrics:          m,
+		ReconnectURL:     reconnectHook(store, links),
 	})
 	if err != nil {
 		return err
@@ -192,6 +211,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 			OnDisconnected: func(c credentials.Credential) { notifier.Notify(c, events.Disconnected) }}},
 		AdminToken:  cfg.AdminToken,
+		ConnectLink: links.mint(),
 		EnablePprof: cfg.EnablePprof,
 		Logger:      log,
 	})
@@ -209,7 +229,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	dataSrv := proxy.NewServer(handler, log)
 	adminSrv := &http.Server{Handler: adminHandler, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 60 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10, ErrorLog: errLog}
-	connectSrv, connectLn, err := newConnectServer(cfg, mock, store, log, m, secrets, errLog, notifier)
+	connectSrv, connectLn, err := newConnectServer(cfg, mock, store, links, log, m, secrets, errLog, notifier)
 	if err != nil {
 		dataLn.Close()
 		adminLn.Close()
@@ -238,18 +258,28 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		"admin", adminLn.Addr().String(), "connect", connectAddr, "upstream", cfg.UpstreamURL.String(), "store", cfg.RedactedStore(), "dev", *dev,
 		"memory_limit", memoryLimitText(memLimit), "memory_limit_from", memSource, "max_client_conns", cfg.MaxClientConns)
 	if mock != nil {
-		mock.printTry(stdout, dataLn.Addr().String(), adminLn.Addr().String(), connectAddr, cfg)
+		mock.printTry(stdout, dataLn.Addr().String(), adminLn.Addr().String(), connectAddr, cfg, links)
 	}
 
 	var runErr error
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down", "timeout", cfg.ShutdownTimeout)
+		log.Info("shutting down", "delay", cfg.ShutdownDelay, "timeout", cfg.ShutdownTimeout)
 	case runErr = <-serveErr:
 		log.Error("listener failed", "error", runErr)
 	}
-	// Readiness first, then stop accepting and drain, then give up.
+	// Readiness first, then keep serving for the delay, then stop accepting and drain, then
+	// give up.
 	adminHandler.SetShuttingDown()
+	if runErr == nil && cfg.ShutdownDelay > 0 {
+		// Answers during the delay close their connection, so that callers' pools hold no
+		// idle connection that the drain would close under a request being sent.
+		dataSrv.SetKeepAlivesEnabled(false)
+		if connectSrv != nil {
+			connectSrv.SetKeepAlivesEnabled(false)
+		}
+		runErr = shutdownDelay(cfg.ShutdownDelay, laterSignals(ctx), serveErr, log)
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	// The connect listener drains beside the data listener: a callback in flight finishes
@@ -287,9 +317,32 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	return nil
 }
 
+// shutdownDelay keeps the listeners serving for delay after the first SIGTERM, readiness
+// already failing: in a classic sidecar, Kubernetes signals the app and the sidecar at once,
+// and the app may still be finishing its work. A later SIGTERM or SIGINT (hurry) ends the
+// delay at once; so does a listener failing, whose error it returns.
+func shutdownDelay(delay time.Duration, hurry <-chan os.Signal, serveErr <-chan error, log *slog.Logger) error {
+	if delay <= 0 {
+		return nil
+	}
+	log.Info("readiness failing; still serving new requests for the shutdown delay", "delay", delay)
+	timer := time.NewTimer(delay)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return nil
+	case sig := <-hurry:
+		log.Info("second signal: shutdown delay cut short", "signal", sig.String())
+		return nil
+	case err := <-serveErr:
+		log.Error("listener failed", "error", err)
+		return err
+	}
+}
+
 // newConnectServer binds PLEO_PROXY_CONNECT_ADDR and builds the consent flow's server, or
 // returns nils when the address is empty (the flow is off).
-func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store, logger *slog.Logger,
+func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store, links *connectLinks, logger *slog.Logger,
 	m *metrics.Metrics, secrets *redact.Set, errLog *log.Logger, notifier *events.Notifier) (*http.Server, net.Listener, error) {
 	if cfg.ConnectAddr == "" {
 		return nil, nil, nil
@@ -309,21 +362,23 @@ func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store
 			"a flow must end on the replica that started it")
 	}
 	h, err := connect.New(connect.Options{
-		ClientID:     cfg.OAuthClientID,
-		ClientSecret: cfg.OAuthClientSecret,
-		AuthorizeURL: cfg.OAuthAuthorizeURL,
-		TokenURL:     cfg.OAuthTokenURL,
-		RedirectURL:  cfg.OAuthRedirectURL,
-		Scopes:       cfg.OAuthScopes,
-		SuccessURL:   cfg.ConnectSuccessURL,
-		Upstream:     cfg.UpstreamURL,
-		Store:        store,
-		StateKeys:    cfg.EncryptionKeys,
-		HTTPClient:   &http.Client{Timeout: cfg.TokenTimeout, Transport: proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)},
-		Logger:       logger.With("listener", "connect"),
-		Metrics:      m,
-		Secrets:      secrets,
-		OnConnected:  func(c credentials.Credential) { notifier.Notify(c, events.Connected) },
+		ClientID:      cfg.OAuthClientID,
+		ClientSecret:  cfg.OAuthClientSecret,
+		AuthorizeURL:  cfg.OAuthAuthorizeURL,
+		TokenURL:      cfg.OAuthTokenURL,
+		RedirectURL:   cfg.OAuthRedirectURL,
+		Scopes:        cfg.OAuthScopes,
+		SuccessURL:    cfg.ConnectSuccessURL,
+		Upstream:      cfg.UpstreamURL,
+		Store:         store,
+		StateKeys:     cfg.EncryptionKeys,
+		Links:         links.signer(),
+		UnsignedLinks: cfg.ConnectUnsignedLinks,
+		HTTPClient:    &http.Client{Timeout: cfg.TokenTimeout, Transport: proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)},
+		Logger:        logger.With("listener", "connect"),
+		Metrics:       m,
+		Secrets:       secrets,
+		OnConnected:   func(c credentials.Credential) { notifier.Notify(c, events.Connected) },
 	})
 	if err != nil {
 		ln.Close()
@@ -341,6 +396,38 @@ func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store
 		ErrorLog:       errLog,
 	}
 	return srv, ln, nil
+}
+
+// connectLinksOf returns the signer of connect links when the connect listener is on, or nil
+// (the listener off, or only unsigned links and no key). It refuses a connect listener with
+// neither a key nor PLEO_PROXY_CONNECT_UNSIGNED_LINKS, and warns about unsigned links.
+func connectLinksOf(cfg *config.Config, log *slog.Logger) (*connectLinks, error) {
+	if cfg.ConnectAddr == "" {
+		return nil, nil
+	}
+	links, err := newLinks(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.ConnectUnsignedLinks {
+		log.Warn("PLEO_PROXY_CONNECT_UNSIGNED_LINKS=true: /connect accepts any tenant_id without a signed link; " +
+			"only safe behind an ingress that authenticates and authorises /connect itself")
+	}
+	if links == nil {
+		if !cfg.ConnectUnsignedLinks {
+			return nil, errNoConnectKey
+		}
+		return nil, nil
+	}
+	return &connectLinks{links: links, cfg: cfg}, nil
+}
+
+// reconnectHook is the proxy's reconnect_url hook, or nil without signed links.
+func reconnectHook(store credentials.Store, links *connectLinks) func(string) string {
+	if links == nil {
+		return nil
+	}
+	return reconnectURLs(store, *links)
 }
 
 func clientTokens(cfg *config.Config) []credentials.Secret {
@@ -370,17 +457,18 @@ func (b brokerStatus) StatusOf(c credentials.Credential) credentials.Status {
 
 // newNotifier builds the event notifier for PLEO_PROXY_EVENTS_URL, or returns nil (events off).
 // Over PostgreSQL, replicas claim each change in the database, so one of them sends it.
-func newNotifier(cfg *config.Config, store credentials.Store, log *slog.Logger, em *metrics.EventMetrics) (*events.Notifier, error) {
+func newNotifier(cfg *config.Config, store credentials.Store, links *connectLinks, log *slog.Logger, em *metrics.EventMetrics) (*events.Notifier, error) {
 	if cfg.EventsURL == nil {
 		return nil, nil
 	}
 	claimer, _ := store.(events.Claimer)
 	n, err := events.New(events.Options{
-		URL:     cfg.EventsURL.String(),
-		Key:     cfg.EventsKey,
-		Claimer: claimer,
-		Logger:  log.With("component", "events"),
-		Metrics: em,
+		URL:          cfg.EventsURL.String(),
+		Key:          cfg.EventsKey,
+		Claimer:      claimer,
+		Logger:       log.With("component", "events"),
+		Metrics:      em,
+		ReconnectURL: links.eventLink(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("PLEO_PROXY_EVENTS_URL: %w", err)
@@ -403,6 +491,10 @@ func (r remover) Disconnect(ctx context.Context, companyID string, force bool) (
 	got, err := r.disconnector.Disconnect(ctx, companyID, force)
 	return got.Revoked, got.RevokeErr, err
 }
+
+// usageHealthcheck is healthcheck's usage.
+const usageHealthcheck = "usage: healthcheck\n" +
+	"Asks GET /healthz of the admin listener (PLEO_PROXY_ADMIN_ADDR, on 127.0.0.1 when it names no host); exit 0 on 200, 1 otherwise."
 
 // healthcheck asks the admin listener's /healthz, for container health checks.
 func healthcheck(ctx context.Context, environ []string) error {

@@ -55,8 +55,12 @@ type Options struct {
 	Credentials CredentialStatus
 	// Remover backs DELETE /credentials/{company_id} (nil: that endpoint is off).
 	Remover CredentialRemover
-	// AdminToken guards GET /credentials; empty turns the endpoint off (404).
+	// AdminToken guards GET /credentials, DELETE /credentials/{company_id} and POST
+	// /connect-links; empty turns them off (404).
 	AdminToken credentials.Secret
+	// ConnectLink mints a signed connect link for a tenant, valid for a lifetime, and returns
+	// it with its expiry; it backs POST /connect-links. Nil turns the endpoint off (404).
+	ConnectLink func(tenant string, ttl time.Duration) (string, time.Time, error)
 	// EnablePprof serves /debug/pprof/.
 	EnablePprof bool
 	// Logger receives handler errors (default discard).
@@ -71,6 +75,7 @@ type Handler struct {
 	remover      CredentialRemover
 	tokenHash    [32]byte
 	tokenSet     bool
+	connectLink  func(tenant string, ttl time.Duration) (string, time.Time, error)
 	shuttingDown atomic.Bool
 	log          *slog.Logger
 }
@@ -80,7 +85,8 @@ func New(opts Options) *Handler {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	h := &Handler{mux: http.NewServeMux(), checks: opts.Checks, creds: opts.Credentials, remover: opts.Remover, log: opts.Logger}
+	h := &Handler{mux: http.NewServeMux(), checks: opts.Checks, creds: opts.Credentials, remover: opts.Remover, log: opts.Logger,
+		connectLink: opts.ConnectLink}
 	if !opts.AdminToken.IsZero() {
 		h.tokenSet = true
 		h.tokenHash = sha256.Sum256([]byte(opts.AdminToken.Reveal()))
@@ -95,6 +101,7 @@ func New(opts Options) *Handler {
 	})
 	h.mux.HandleFunc("GET /readyz", h.readyz)
 	h.mux.HandleFunc("GET /credentials", h.credentials)
+	h.mux.HandleFunc("POST /connect-links", h.connectLinks)
 	h.mux.HandleFunc("DELETE /credentials/{company_id}", h.removeCredential)
 	if opts.EnablePprof {
 		h.mux.HandleFunc("/debug/pprof/", pprof.Index)

@@ -246,7 +246,7 @@ func secretValues(v obj) []string {
 			out = append(out, s)
 		}
 	}
-	for _, k := range []string{"oauthClientSecret", "encryptionKey", "adminToken"} {
+	for _, k := range []string{"oauthClientSecret", "encryptionKey", "adminToken", "connectKey"} {
 		add(str(dig(v, "secrets", k)))
 	}
 	for _, tok := range list(dig(v, "secrets", "clientTokens")) {
@@ -486,13 +486,46 @@ func checkHardened(t *testing.T, c obj) {
 }
 
 // checkPodSpec checks the sidecar container within its pod.
+// nativeAtDefaultVersion reports whether values make a native sidecar when rendered without
+// --kube-version: Helm then assumes Kubernetes 1.20, where sidecar.native auto is classic.
+func nativeAtDefaultVersion(values obj, standalone bool) bool {
+	return flag(values, "sidecar", "native") && !standalone
+}
+
 func checkPodSpec(t *testing.T, spec obj, values obj, standalone bool) {
 	t.Helper()
-	native := flag(values, "sidecar", "native") && !standalone
+	checkPodSpecForm(t, spec, values, standalone, nativeAtDefaultVersion(values, standalone))
+}
+
+// checkPodSpecForm checks a pod spec whose sidecar is native (in initContainers, with
+// restartPolicy Always, and only there) or classic (in containers, without one, and only
+// there), and the shutdown delay that suits the form.
+func checkPodSpecForm(t *testing.T, spec obj, values obj, standalone, native bool) {
+	t.Helper()
 	c := pleoContainer(t, spec, native)
 	checkHardened(t, c)
 	if native && str(c["restartPolicy"]) != "Always" {
 		t.Errorf("native sidecar: restartPolicy = %q, want Always", c["restartPolicy"])
+	}
+	if !native && c["restartPolicy"] != nil {
+		t.Errorf("classic sidecar: restartPolicy = %v, want none (Kubernetes rejects it outside initContainers)", c["restartPolicy"])
+	}
+	other := "initContainers"
+	if native {
+		other = "containers"
+	}
+	if namedItem(list(spec[other]), chartName) != nil {
+		t.Errorf("the sidecar is in both containers and initContainers")
+	}
+	wantDelay := "5s"
+	if native {
+		wantDelay = "0s"
+	}
+	if d := str(dig(values, "config", "shutdownDelay")); d != "" {
+		wantDelay = d
+	}
+	if got := envValue(c, "PLEO_PROXY_SHUTDOWN_DELAY"); got != wantDelay {
+		t.Errorf("PLEO_PROXY_SHUTDOWN_DELAY = %q, want %q (native %v)", got, wantDelay, native)
 	}
 
 	// Ports: admin always, data only where it listens beyond loopback.
@@ -564,7 +597,7 @@ func checkPodSpec(t *testing.T, spec obj, values obj, standalone bool) {
 		e := e.(obj)
 		name, value := str(e["name"]), e["value"]
 		switch name {
-		case "PLEO_PROXY_OAUTH_CLIENT_SECRET", "PLEO_PROXY_ENCRYPTION_KEY", "PLEO_PROXY_ADMIN_TOKEN", "PLEO_PROXY_CLIENT_TOKENS":
+		case "PLEO_PROXY_OAUTH_CLIENT_SECRET", "PLEO_PROXY_ENCRYPTION_KEY", "PLEO_PROXY_ADMIN_TOKEN", "PLEO_PROXY_CLIENT_TOKENS", "PLEO_PROXY_CONNECT_KEY":
 			t.Errorf("%s is set in the environment; secrets must come through %s_FILE", name, name)
 		case "PLEO_PROXY_STORE":
 			if value != nil && !strings.HasPrefix(str(value), "file://") {
@@ -597,6 +630,7 @@ func checkPodSpec(t *testing.T, spec obj, values obj, standalone bool) {
 		"encryptionKey":     "PLEO_PROXY_ENCRYPTION_KEY_FILE",
 		"adminToken":        "PLEO_PROXY_ADMIN_TOKEN_FILE",
 		"clientTokens":      "PLEO_PROXY_CLIENT_TOKENS_FILE",
+		"connectKey":        "PLEO_PROXY_CONNECT_KEY_FILE",
 	} {
 		set := str(dig(values, "secrets", key)) != "" || len(list(dig(values, "secrets", key))) > 0 ||
 			str(dig(values, "secrets", "existingSecretKeys", key)) != ""
@@ -655,7 +689,7 @@ func checkChartSecret(t *testing.T, docs []doc, values obj) {
 	t.Helper()
 	want := map[string]string{}
 	if str(dig(values, "secrets", "existingSecret")) == "" {
-		for key, file := range map[string]string{"oauthClientSecret": "oauth-client-secret", "encryptionKey": "encryption-key", "adminToken": "admin-token"} {
+		for key, file := range map[string]string{"oauthClientSecret": "oauth-client-secret", "encryptionKey": "encryption-key", "adminToken": "admin-token", "connectKey": "connect-key"} {
 			if s := str(dig(values, "secrets", key)); s != "" {
 				want[file] = s
 			}
@@ -771,7 +805,7 @@ func checkOptionalResources(t *testing.T, docs []doc, values obj) {
 // renderParent renders a chart that depends on pleo-auth-proxy and includes its sidecar
 // templates in its own Deployment, as the chart's README tells users to, with values as the
 // subchart's values.
-func renderParent(t *testing.T, values obj) string {
+func renderParent(t *testing.T, values obj, helmArgs ...string) string {
 	t.Helper()
 	dir := t.TempDir()
 	sub := filepath.Join(dir, "charts", chartName)
@@ -803,7 +837,7 @@ dependencies:
 		t.Fatal(err)
 	}
 	write("parent-values.yaml", string(v))
-	return mustHelm(t, "template", releaseName, dir, "--namespace", releaseNS, "-f", filepath.Join(dir, "parent-values.yaml"))
+	return mustHelm(t, append([]string{"template", releaseName, dir, "--namespace", releaseNS, "-f", filepath.Join(dir, "parent-values.yaml")}, helmArgs...)...)
 }
 
 // parentDeployment is the README's example of adding the sidecar to an existing chart.
@@ -823,10 +857,8 @@ spec:
     spec:
       securityContext:
         fsGroup: 65532
-      {{- if $proxy.Values.sidecar.native }}
       initContainers:
-        {{- include "pleo-auth-proxy.sidecar" $proxy | nindent 8 }}
-      {{- end }}
+        {{- include "pleo-auth-proxy.initContainers" $proxy | nindent 8 }}
       containers:
         - name: app
           image: registry.example.com/erp-sync:1.0.0
@@ -836,15 +868,157 @@ spec:
           volumeMounts:
             - name: app-config
               mountPath: /etc/app
-        {{- if not $proxy.Values.sidecar.native }}
-        {{- include "pleo-auth-proxy.sidecar" $proxy | nindent 8 }}
-        {{- end }}
+        {{- include "pleo-auth-proxy.containers" $proxy | nindent 8 }}
       volumes:
         - name: app-config
           configMap:
             name: app-config
         {{- include "pleo-auth-proxy.sidecarVolumes" $proxy | nindent 8 }}
 `
+
+// parentWithExplicitForms is a parent chart that places the container itself, in the form it
+// chooses, with the explicit templates.
+const parentWithExplicitForms = `{{- $proxy := index .Subcharts "pleo-auth-proxy" }}
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: {{ .Release.Name }}-native-job
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      initContainers:
+        {{- include "pleo-auth-proxy.nativeSidecar" $proxy | nindent 8 }}
+      containers:
+        - name: app
+          image: registry.example.com/erp-export:1.0.0
+      volumes:
+        {{- include "pleo-auth-proxy.sidecarVolumes" $proxy | nindent 8 }}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ .Release.Name }}-classic
+spec:
+  selector:
+    matchLabels:
+      app.kubernetes.io/name: parent-app
+  template:
+    metadata:
+      labels:
+        app.kubernetes.io/name: parent-app
+    spec:
+      containers:
+        - name: app
+          image: registry.example.com/erp-sync:1.0.0
+        {{- include "pleo-auth-proxy.classicSidecar" $proxy | nindent 8 }}
+      volumes:
+        {{- include "pleo-auth-proxy.sidecarVolumes" $proxy | nindent 8 }}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ .Release.Name }}-is-native
+data:
+  isNative: {{ include "pleo-auth-proxy.isNative" $proxy | quote }}
+`
+
+// TestSidecarFormFollowsKubernetesVersion: sidecar.native auto (the default) places the
+// container as a native sidecar (initContainers, restartPolicy Always, no shutdown delay) on
+// Kubernetes 1.29 and later and as a classic one (containers, a 5s shutdown delay) before;
+// true and false force the form; config.shutdownDelay overrides the delay; the explicit
+// templates render their form whatever the setting.
+func TestSidecarFormFollowsKubernetesVersion(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		native      any // sidecar.native; nil: the default
+		kubeVersion string
+		delay       string // config.shutdownDelay
+		wantNative  bool
+	}{
+		{nil, "", "", false},       // helm template's default version, 1.20
+		{nil, "1.28.9", "", false}, // before native sidecars were on by default
+		{nil, "1.29.0", "", true},  // beta, on by default
+		{nil, "v1.33.1", "", true}, // GA
+		{"auto", "1.30.0", "", true},
+		{false, "1.33.0", "", false},
+		{true, "1.28.0", "", true},  // forced (the feature gate is the user's affair)
+		{nil, "1.33.0", "3s", true}, // an explicit delay wins
+		{false, "1.33.0", "12s", false},
+	} {
+		name := fmt.Sprintf("native %v kube %s delay %s", tc.native, tc.kubeVersion, tc.delay)
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			values := obj{}
+			if tc.native != nil {
+				values["sidecar"] = obj{"native": tc.native}
+			}
+			if tc.delay != "" {
+				values["config"] = obj{"shutdownDelay": tc.delay}
+			}
+			var args []string
+			if tc.kubeVersion != "" {
+				args = []string{"--kube-version", tc.kubeVersion}
+			}
+			docs := parseDocs(t, renderParent(t, values, args...))
+			var app *doc
+			for _, d := range ofKind(docs, "Deployment") {
+				if d.Name == releaseName+"-app" {
+					app = &d
+				}
+			}
+			if app == nil {
+				t.Fatal("no Deployment rendered")
+			}
+			checkPodSpecForm(t, dig(app.Body, "spec", "template", "spec").(obj), values, false, tc.wantNative)
+		})
+	}
+
+	// The explicit templates: a native sidecar in a Job's initContainers and a classic one
+	// in containers, on the same cluster, whatever sidecar.native says.
+	for _, native := range []any{"auto", true, false} {
+		t.Run(fmt.Sprintf("explicit forms native %v", native), func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			sub := filepath.Join(dir, "charts", chartName)
+			if err := os.CopyFS(sub, os.DirFS(chartDir)); err != nil {
+				t.Fatal(err)
+			}
+			files := map[string]string{
+				"Chart.yaml":               "apiVersion: v2\nname: parent-app\nversion: 1.0.0\ndependencies:\n  - name: pleo-auth-proxy\n    version: \">=0.0.0-0\"\n",
+				"templates/workloads.yaml": parentWithExplicitForms,
+			}
+			for name, content := range files {
+				p := filepath.Join(dir, name)
+				if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			docs := parseDocs(t, mustHelm(t, "template", releaseName, dir, "--kube-version", "1.33.0",
+				"--set", fmt.Sprintf("pleo-auth-proxy.sidecar.native=%v", native)))
+			values := obj{"sidecar": obj{"native": native}}
+			for _, d := range docs {
+				switch d.Kind {
+				case "Job":
+					checkPodSpecForm(t, dig(d.Body, "spec", "template", "spec").(obj), values, false, true)
+				case "Deployment":
+					checkPodSpecForm(t, dig(d.Body, "spec", "template", "spec").(obj), values, false, false)
+				case "ConfigMap":
+					want := map[any]string{"auto": "true", true: "true", false: ""}[native]
+					if got := str(dig(d.Body, "data", "isNative")); got != want {
+						t.Errorf("isNative = %q, want %q", got, want)
+					}
+				}
+			}
+			if len(ofKind(docs, "Job")) != 1 || len(ofKind(docs, "Deployment")) != 1 {
+				t.Errorf("rendered %v, want the Job and the Deployment", names(docs))
+			}
+		})
+	}
+}
 
 // ---------------------------------------------------------------------------------------
 // Failures
@@ -915,6 +1089,10 @@ func TestConfigurationsThatCannotWorkFailToRender(t *testing.T) {
 		{"PodMonitor in sidecar mode without a selector", []string{"podMonitor.enabled=true"}, "podMonitor.selector"},
 		{"NetworkPolicy in sidecar mode", []string{"networkPolicy.enabled=true"}, "standalone"},
 		{"consent flow without a client", []string{"connect.enabled=true"}, "config.oauthClientID"},
+		{"consent flow without a link key", []string{"connect.enabled=true", "config.oauthClientID=c", "config.oauthScopes=s",
+			"config.oauthRedirectURL=https://c.example.com/callback", "secrets.oauthClientSecret=FAKE"}, "secrets.connectKey"},
+		{"sidecar.native neither auto, true nor false", []string{"sidecar.native=sometimes"}, "native"},
+		{"shutdown delay not a duration", []string{"config.shutdownDelay=soon"}, "shutdownDelay"},
 	} {
 		args := []string{"template", releaseName, chartDir}
 		for _, s := range tc.set {
@@ -1000,7 +1178,7 @@ func TestChartMonitoringFilesAreCopiesOfDeploy(t *testing.T) {
 	}
 }
 
-// contractMetrics are the metric names interface.md section 7 and the metrics package
+// contractMetrics are the metric names of docs/reference.md and the metrics package
 // export (histograms without their _bucket/_sum/_count suffixes).
 var contractMetrics = []string{
 	"pleo_proxy_requests_total", "pleo_proxy_request_duration_seconds", "pleo_proxy_upstream_requests_total",
@@ -1213,5 +1391,45 @@ func TestDockerfile(t *testing.T) {
 		if !slices.Contains(strings.Fields(string(ignore)), want) {
 			t.Errorf(".dockerignore does not exclude %s", want)
 		}
+	}
+}
+
+// The consent flow's link key: a connect key or an encryption key to derive it from, each
+// mounted as a _FILE; without either, only an explicit connect.unsignedLinks renders, and it
+// reaches the container.
+func TestConnectLinkKeyRenders(t *testing.T) {
+	t.Parallel()
+	base := []string{"template", releaseName, chartDir, "--set", "standalone.enabled=true", "--set", "secrets.clientTokens={FAKE-t}",
+		"--set", "connect.enabled=true", "--set", "config.oauthClientID=c", "--set", "config.oauthScopes=s",
+		"--set", "config.oauthRedirectURL=https://c.example.com/callback", "--set", "secrets.oauthClientSecret=FAKE-s"}
+	for _, tc := range []struct {
+		name     string
+		set      []string
+		file     string // the _FILE variable set
+		unsigned bool
+	}{
+		{"connect key", []string{"secrets.connectKey=" + strings.Repeat("A", 44)}, "PLEO_PROXY_CONNECT_KEY_FILE", false},
+		{"derived from the encryption key", []string{"secrets.encryptionKey=" + strings.Repeat("B", 43) + "="}, "PLEO_PROXY_ENCRYPTION_KEY_FILE", false},
+		{"unsigned links", []string{"connect.unsignedLinks=true"}, "", true},
+	} {
+		args := slices.Clone(base)
+		for _, s := range tc.set {
+			args = append(args, "--set", s)
+		}
+		deps := ofKind(parseDocs(t, mustHelm(t, args...)), "Deployment")
+		if len(deps) != 1 {
+			t.Fatalf("%s: %d Deployments", tc.name, len(deps))
+		}
+		c := pleoContainer(t, dig(deps[0].Body, "spec", "template", "spec").(obj), false)
+		if tc.file != "" && envValue(c, tc.file) == "" {
+			t.Errorf("%s: %s not set", tc.name, tc.file)
+		}
+		if got := envValue(c, "PLEO_PROXY_CONNECT_UNSIGNED_LINKS"); (got == "true") != tc.unsigned {
+			t.Errorf("%s: PLEO_PROXY_CONNECT_UNSIGNED_LINKS = %q", tc.name, got)
+		}
+	}
+	// A connect key that is not base64 of at least 32 bytes is refused by the schema.
+	if _, errOut, err := runHelm(t, append(slices.Clone(base), "--set", "secrets.connectKey=short")...); err == nil || !strings.Contains(errOut, "connectKey") {
+		t.Errorf("a short connect key rendered: %v %s", err, errOut)
 	}
 }

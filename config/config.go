@@ -114,6 +114,14 @@ type Config struct {
 	// consent flow sends the browser (303, with tenant_id and company_id added to its query)
 	// instead of showing the result page. Nil when unset.
 	ConnectSuccessURL *url.URL
+	// ConnectKeys are the HMAC-SHA256 keys of signed connect links (PLEO_PROXY_CONNECT_KEY or
+	// _FILE: comma- or newline-separated standard base64, each at least ConnectKeySize
+	// bytes), newest first: the first signs, all verify. Empty: derived from EncryptionKeys
+	// when there are any (see connect.DeriveLinkKey).
+	ConnectKeys [][]byte
+	// ConnectUnsignedLinks accepts GET /connect?tenant_id=… without a signature
+	// (PLEO_PROXY_CONNECT_UNSIGNED_LINKS), for an ingress that authorises /connect itself.
+	ConnectUnsignedLinks bool
 	// KeepaliveInterval is how long an OAuth credential may go unrefreshed before it is
 	// refreshed anyway (PLEO_PROXY_KEEPALIVE_INTERVAL).
 	KeepaliveInterval time.Duration
@@ -167,6 +175,9 @@ type Config struct {
 	TokenTimeout time.Duration
 	// ShutdownTimeout bounds the graceful shutdown (PLEO_PROXY_SHUTDOWN_TIMEOUT).
 	ShutdownTimeout time.Duration
+	// ShutdownDelay is how long the data listener keeps serving new connections after
+	// SIGTERM, readiness already failing, before the drain (PLEO_PROXY_SHUTDOWN_DELAY).
+	ShutdownDelay time.Duration
 	// StorePollInterval is how often the file store looks for changes made by others
 	// (PLEO_PROXY_STORE_POLL_INTERVAL); at most MaxStorePollInterval.
 	StorePollInterval time.Duration
@@ -197,6 +208,9 @@ type raw struct {
 	OAuthRedirectURL      string `env:"OAUTH_REDIRECT_URL"`
 	ConnectAddr           string `env:"CONNECT_ADDR"`
 	ConnectSuccessURL     string `env:"CONNECT_SUCCESS_URL"`
+	ConnectKey            string `env:"CONNECT_KEY"`
+	ConnectKeyFile        string `env:"CONNECT_KEY_FILE"`
+	ConnectUnsignedLinks  string `env:"CONNECT_UNSIGNED_LINKS" envDefault:"false"`
 	KeepaliveInterval     string `env:"KEEPALIVE_INTERVAL" envDefault:"24h"`
 	CompanyHeader         string `env:"COMPANY_HEADER" envDefault:"X-Pleo-Company-Id"`
 	TenantHeader          string `env:"TENANT_HEADER" envDefault:"X-Tenant-Id"`
@@ -219,6 +233,7 @@ type raw struct {
 	LogLevel              string `env:"LOG_LEVEL" envDefault:"info"`
 	TokenTimeout          string `env:"TOKEN_TIMEOUT" envDefault:"10s"`
 	ShutdownTimeout       string `env:"SHUTDOWN_TIMEOUT" envDefault:"20s"`
+	ShutdownDelay         string `env:"SHUTDOWN_DELAY" envDefault:"0s"`
 	StorePollInterval     string `env:"STORE_POLL_INTERVAL" envDefault:"2s"`
 	EnablePprof           string `env:"ENABLE_PPROF" envDefault:"false"`
 }
@@ -349,6 +364,12 @@ func Parse(environ map[string]string) (*Config, error) {
 	if r.ConnectAddr != "" {
 		c.ConnectAddr = p.hostPort("CONNECT_ADDR", r.ConnectAddr)
 	}
+	c.ConnectKeys = p.connectKeys("CONNECT_KEY")
+	if b, err := strconv.ParseBool(r.ConnectUnsignedLinks); err == nil {
+		c.ConnectUnsignedLinks = b
+	} else {
+		p.add("CONNECT_UNSIGNED_LINKS", nil, "%q is not true or false", r.ConnectUnsignedLinks)
+	}
 	c.KeepaliveInterval = p.duration("KEEPALIVE_INTERVAL", r.KeepaliveInterval, false)
 	c.CompanyHeader = p.header("COMPANY_HEADER", r.CompanyHeader)
 	c.TenantHeader = p.header("TENANT_HEADER", r.TenantHeader)
@@ -389,6 +410,7 @@ func Parse(environ map[string]string) (*Config, error) {
 	c.LogLevel = p.logLevel("LOG_LEVEL", r.LogLevel)
 	c.TokenTimeout = p.duration("TOKEN_TIMEOUT", r.TokenTimeout, false)
 	c.ShutdownTimeout = p.duration("SHUTDOWN_TIMEOUT", r.ShutdownTimeout, false)
+	c.ShutdownDelay = p.duration("SHUTDOWN_DELAY", r.ShutdownDelay, true)
 	c.StorePollInterval = p.duration("STORE_POLL_INTERVAL", r.StorePollInterval, false)
 	if c.StorePollInterval > MaxStorePollInterval {
 		p.add("STORE_POLL_INTERVAL", nil, "%q is more than %s (changes by others must be picked up within %s)",
@@ -411,6 +433,12 @@ func Parse(environ map[string]string) (*Config, error) {
 				p.add(name, nil, "is required when %sCONNECT_ADDR is set (the consent flow)", Prefix)
 			}
 		}
+	}
+	if c.ConnectAddr != "" && len(c.ConnectKeys) == 0 && len(c.EncryptionKeys) == 0 && !c.ConnectUnsignedLinks &&
+		!p.hasProblem("CONNECT_KEY") && !p.hasProblem("ENCRYPTION_KEY") && !p.hasProblem("CONNECT_UNSIGNED_LINKS") {
+		p.add("CONNECT_KEY", nil, "is required when %sCONNECT_ADDR is set: connect links are signed with it "+
+			"(make one with: openssl rand -base64 32; or set %sENCRYPTION_KEY to derive it from, or "+
+			"%sCONNECT_UNSIGNED_LINKS=true if your ingress authorises /connect itself)", Prefix, Prefix, Prefix)
 	}
 	if c.OAuthClientID != "" && c.OAuthClientSecret.IsZero() && !p.hasProblem("OAUTH_CLIENT_SECRET") {
 		p.add("OAUTH_CLIENT_SECRET", nil, "is required when %sOAUTH_CLIENT_ID is set", Prefix)
@@ -882,6 +910,8 @@ func (c Config) summary() []slog.Attr {
 		slog.String("oauth_redirect_url", urlString(c.OAuthRedirectURL)),
 		slog.String("connect_addr", c.ConnectAddr),
 		slog.String("connect_success_url", urlString(c.ConnectSuccessURL)),
+		slog.Int("connect_keys", len(c.ConnectKeys)),
+		slog.Bool("connect_unsigned_links", c.ConnectUnsignedLinks),
 		slog.String("keepalive_interval", c.KeepaliveInterval.String()),
 		slog.String("company_header", c.CompanyHeader),
 		slog.String("tenant_header", c.TenantHeader),
@@ -898,6 +928,7 @@ func (c Config) summary() []slog.Attr {
 		slog.String("log_level", strings.ToLower(c.LogLevel.String())),
 		slog.String("token_timeout", c.TokenTimeout.String()),
 		slog.String("shutdown_timeout", c.ShutdownTimeout.String()),
+		slog.String("shutdown_delay", c.ShutdownDelay.String()),
 		slog.String("store_poll_interval", c.StorePollInterval.String()),
 		slog.Bool("enable_pprof", c.EnablePprof),
 	}

@@ -163,6 +163,7 @@ func TestParseValues(t *testing.T) {
 		"PLEO_PROXY_LOG_LEVEL":           "Debug",
 		"PLEO_PROXY_TOKEN_TIMEOUT":       "3s",
 		"PLEO_PROXY_SHUTDOWN_TIMEOUT":    "5s",
+		"PLEO_PROXY_SHUTDOWN_DELAY":      "7s",
 		"PLEO_PROXY_STORE_POLL_INTERVAL": "10s",
 		"PLEO_PROXY_ENABLE_PPROF":        "true",
 	}
@@ -202,6 +203,7 @@ func TestParseValues(t *testing.T) {
 		LogLevel:          slog.LevelDebug,
 		TokenTimeout:      3 * time.Second,
 		ShutdownTimeout:   5 * time.Second,
+		ShutdownDelay:     7 * time.Second,
 		StorePollInterval: 10 * time.Second,
 		EnablePprof:       true,
 	}
@@ -361,6 +363,8 @@ func TestParseProblems(t *testing.T) {
 		{"log level", map[string]string{"PLEO_PROXY_LOG_LEVEL": "verbose"}, "LOG_LEVEL", `"verbose" is not debug, info, warn or error`},
 		{"token timeout zero", map[string]string{"PLEO_PROXY_TOKEN_TIMEOUT": "0s"}, "TOKEN_TIMEOUT", "more than 0"},
 		{"shutdown timeout bad", map[string]string{"PLEO_PROXY_SHUTDOWN_TIMEOUT": "soon"}, "SHUTDOWN_TIMEOUT", "not a duration"},
+		{"shutdown delay bad", map[string]string{"PLEO_PROXY_SHUTDOWN_DELAY": "a bit"}, "SHUTDOWN_DELAY", "not a duration"},
+		{"shutdown delay negative", map[string]string{"PLEO_PROXY_SHUTDOWN_DELAY": "-5s"}, "SHUTDOWN_DELAY", "0 or more"},
 		{"store poll too slow", map[string]string{"PLEO_PROXY_STORE_POLL_INTERVAL": "11s"}, "STORE_POLL_INTERVAL", "more than 10s"},
 		{"store poll zero", map[string]string{"PLEO_PROXY_STORE_POLL_INTERVAL": "0s"}, "STORE_POLL_INTERVAL", "more than 0"},
 		{"pprof not a bool", map[string]string{"PLEO_PROXY_ENABLE_PPROF": "maybe"}, "ENABLE_PPROF", "not true or false"},
@@ -511,8 +515,8 @@ func TestVariables(t *testing.T) {
 			t.Errorf("Variables() lacks %s", want)
 		}
 	}
-	if len(vars) != 40 {
-		t.Errorf("Variables() has %d names, want 40", len(vars))
+	if len(vars) != 44 {
+		t.Errorf("Variables() has %d names, want 44", len(vars))
 	}
 }
 

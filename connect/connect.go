@@ -1,7 +1,10 @@
-// Package connect is the OAuth 2.0 consent flow of the connect listener: GET /connect starts
-// an authorisation code grant with PKCE (S256) at Pleo for a tenant, and the callback (the
+// Package connect is the OAuth 2.0 consent flow of the connect listener: GET /connect, with a
+// link the integration had the sidecar sign for a tenant (see Links), starts an
+// authorisation code grant with PKCE (S256) at Pleo for that tenant, and the callback (the
 // path of the redirect URI) exchanges the code, learns the company from
-// GET /v1/installations/me, and stores an oauth2 credential for that company and tenant.
+// GET /v1/installations/me, and stores an oauth2 credential for that company and tenant. A
+// binding is never moved by a consent: a company connected to another tenant, or a tenant
+// connected to another company, is refused (409) and nothing is stored.
 //
 // Nothing is kept server-side between the two requests but a set of used state ids: the
 // state parameter is the flow itself (id, tenant, PKCE verifier, issue time, browser
@@ -28,7 +31,7 @@ import (
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/redact"
 )
 
-// ConnectPath is where a consent flow starts: GET /connect?tenant_id=….
+// ConnectPath is where a consent flow starts: GET /connect?tenant_id=…&expires=…&nonce=…&sig=….
 const ConnectPath = "/connect"
 
 // CookieName is the cookie that binds a flow to the browser that started it.
@@ -69,8 +72,15 @@ type Options struct {
 	// Upstream is Pleo's external API, asked GET /v1/installations/me with the new token.
 	Upstream *url.URL
 	// Store receives the credential. Its change notifications make a Broker drop any cached
-	// credential of the company.
+	// credential of the company. A credentials.Creator (every store of this module) makes a
+	// company's first binding atomic; later ones are compare-and-swap updates.
 	Store credentials.Store
+	// Links verifies the signed links GET /connect takes. Required unless UnsignedLinks.
+	Links *Links
+	// UnsignedLinks accepts GET /connect?tenant_id=… without a signature, for a deployment
+	// whose ingress authenticates and authorises /connect itself. A link that carries a
+	// signature is still verified, when Links is set.
+	UnsignedLinks bool
 	// StateKeys seal the state (AES-256-GCM, keys derived with HKDF): the first seals, any
 	// opens. Pass the encryption keys so every replica opens every replica's states; nil
 	// makes a random key, so a flow must end on the replica that started it.
@@ -101,6 +111,8 @@ type Handler struct {
 	secureCookie bool
 	upstream     *url.URL
 	store        credentials.Store
+	links        *Links
+	unsigned     bool
 	sealer       *sealer
 	used         *usedStates
 	client       *http.Client
@@ -124,6 +136,8 @@ func New(opts Options) (*Handler, error) {
 		return nil, errors.New("connect: the upstream URL is required")
 	case opts.Store == nil:
 		return nil, errors.New("connect: a store is required")
+	case opts.Links == nil && !opts.UnsignedLinks:
+		return nil, errors.New("connect: a link signer is required unless unsigned links are allowed")
 	}
 	callback := opts.RedirectURL.Path
 	if callback == "" {
@@ -169,6 +183,8 @@ func New(opts Options) (*Handler, error) {
 		secureCookie: opts.RedirectURL.Scheme == "https",
 		upstream:     opts.Upstream,
 		store:        opts.Store,
+		links:        opts.Links,
+		unsigned:     opts.UnsignedLinks,
 		sealer:       s,
 		used:         newUsedStates(opts.MaxUsedStates),
 		client:       client,
@@ -200,18 +216,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	serve(w, r)
 }
 
-// start answers GET /connect?tenant_id=… with a 302 to the authorisation endpoint.
+// start answers GET /connect with a signed link (see Links) with a 302 to the
+// authorisation endpoint; any other link answers 403 and starts nothing.
 func (h *Handler) start(w http.ResponseWriter, r *http.Request) {
-	q, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil || len(q["tenant_id"]) != 1 {
-		writePage(w, http.StatusBadRequest, page{Title: "Cannot connect",
-			Message: "The link must name exactly one tenant: " + ConnectPath + "?tenant_id=<your tenant id>."})
-		return
-	}
-	tenant := q.Get("tenant_id")
-	if msg := checkTenant(tenant); msg != "" {
-		writePage(w, http.StatusBadRequest, page{Title: "Cannot connect", Message: msg,
-			Details: []detail{{"Tenant", echo(tenant)}}})
+	tenant, ok := h.linkTenant(w, r)
+	if !ok {
 		return
 	}
 
@@ -249,6 +258,58 @@ func (h *Handler) start(w http.ResponseWriter, r *http.Request) {
 	h.log.Info("consent flow started", "tenant_id", tenant)
 }
 
+// linkTenant returns the tenant a GET /connect may start a flow for, or answers the request
+// itself (403 for a link that is not validly signed, counted as link_refused; 400 for a
+// malformed unsigned link where those are allowed) and returns false.
+func (h *Handler) linkTenant(w http.ResponseWriter, r *http.Request) (string, bool) {
+	if h.links != nil && (!h.unsigned || hasSignature(r.URL.RawQuery)) {
+		tenant, err := h.links.Verify(r.URL.RawQuery)
+		if err != nil {
+			h.refuseLink(w, err)
+			return "", false
+		}
+		return tenant, true
+	}
+	// Unsigned links (PLEO_PROXY_CONNECT_UNSIGNED_LINKS): the tenant comes from the query.
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil || len(q[LinkTenantParam]) != 1 {
+		writePage(w, http.StatusBadRequest, page{Title: "Cannot connect",
+			Message: "The link must name exactly one tenant: " + ConnectPath + "?tenant_id=<your tenant id>."})
+		return "", false
+	}
+	tenant := q.Get(LinkTenantParam)
+	if msg := checkTenant(tenant); msg != "" {
+		writePage(w, http.StatusBadRequest, page{Title: "Cannot connect", Message: msg,
+			Details: []detail{{"Tenant", echo(tenant)}}})
+		return "", false
+	}
+	return tenant, true
+}
+
+// hasSignature reports whether a query carries a link signature parameter.
+func hasSignature(rawQuery string) bool {
+	q, _ := url.ParseQuery(rawQuery) // what parses is enough to tell
+	return len(q[LinkSigParam]) > 0
+}
+
+// refuseLink answers a /connect whose link did not verify: 403, no cookie, no redirect.
+func (h *Handler) refuseLink(w http.ResponseWriter, err error) {
+	h.metrics.ConnectLinkRefused()
+	p := page{Title: "Link not valid"}
+	switch {
+	case errors.Is(err, ErrLinkExpired):
+		p.Message = "This connection link has expired. Nothing was started: ask your application for a new link."
+	case errors.Is(err, ErrLinkUnsigned):
+		p.Message = "This connection link was not issued by your application. Nothing was started: " +
+			"start from your application, which gives you a link to connect Pleo."
+	default:
+		p.Message = "This connection link is not valid (it was altered or not issued here). Nothing was started: " +
+			"ask your application for a new link."
+	}
+	h.log.Warn("consent flow refused: link not valid", "reason", err.Error())
+	writePage(w, http.StatusForbidden, p)
+}
+
 // checkTenant returns why a tenant id is refused, or "".
 func checkTenant(t string) string {
 	switch {
@@ -284,7 +345,8 @@ type failure struct {
 	status int
 	reason string // metrics label
 	page   page
-	err    error // for the log; never a secret
+	err    error      // for the log; never a secret
+	level  slog.Level // of the log line; the zero value is Info, raised to Warn
 }
 
 // callback completes a flow: state, code exchange, company, store.
@@ -303,7 +365,7 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) {
 		if f.err != nil {
 			attrs = append(attrs, "error", f.err.Error())
 		}
-		h.log.Warn("consent flow failed", attrs...)
+		h.log.Log(ctx, max(f.level, slog.LevelWarn), "consent flow failed", attrs...)
 		writePage(w, f.status, f.page)
 		return
 	}
@@ -329,37 +391,37 @@ func (h *Handler) callback(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) complete(ctx context.Context, r *http.Request) (tenant, company string, f *failure) {
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
-		return "", "", stateFailure(ErrStateInvalid, "", err)
+		return "", "", stateFailure(ErrStateInvalid, err)
 	}
 	for _, p := range []string{"state", "code", "error", "tenant_id"} {
 		if len(q[p]) > 1 {
-			return "", "", stateFailure(ErrStateInvalid, "", fmt.Errorf("parameter %s repeated", p))
+			return "", "", stateFailure(ErrStateInvalid, fmt.Errorf("parameter %s repeated", p))
 		}
 	}
 	st, err := h.sealer.open(q.Get("state"))
 	if err != nil {
-		return "", "", stateFailure(err, "", nil)
+		return "", "", stateFailure(err, nil)
 	}
 	now := h.now()
 	browser, _ := cookieBinding(r)
 	if err := st.check(now, browser[:]); err != nil {
-		return st.Tenant, "", stateFailure(err, st.Tenant, nil)
+		return st.Tenant, "", stateFailure(err, nil)
 	}
 	// The tenant comes from the state only; a callback naming another is refused.
 	if t, present := q["tenant_id"]; present && t[0] != st.Tenant {
-		return st.Tenant, "", stateFailure(ErrStateInvalid, "", errors.New("callback names another tenant than its state"))
+		return st.Tenant, "", stateFailure(ErrStateInvalid, errors.New("callback names another tenant than its state"))
 	}
 	if err := h.used.use(st.ID, st.IssuedAt.Add(StateTTL), now); err != nil {
-		return st.Tenant, "", stateFailure(err, st.Tenant, nil)
+		return st.Tenant, "", stateFailure(err, nil)
 	}
 
 	if e := q.Get("error"); e != "" {
-		return st.Tenant, "", authorizeFailure(e, q.Get("error_description"), st.Tenant)
+		return st.Tenant, "", authorizeFailure(e, q.Get("error_description"))
 	}
 	code := q.Get("code")
 	if code == "" {
 		return st.Tenant, "", &failure{status: http.StatusBadRequest, reason: metrics.ConnectOther,
-			page: page{Title: "Connection failed", Message: "Pleo sent no authorisation code.", Retry: retryLink(st.Tenant)}}
+			page: page{Title: "Connection failed", Message: "Pleo sent no authorisation code."}}
 	}
 
 	// From here the code is spent: finish (exchange, look-up, store) even if the browser
@@ -369,7 +431,7 @@ func (h *Handler) complete(ctx context.Context, r *http.Request) (tenant, compan
 	ctx = context.WithValue(ctx, oauth2.HTTPClient, h.client)
 	tok, err := h.oauth.Exchange(ctx, code, oauth2.VerifierOption(st.Verifier))
 	if err != nil {
-		return st.Tenant, "", exchangeFailure(err, st.Tenant)
+		return st.Tenant, "", exchangeFailure(err)
 	}
 	access, refresh := tok.AccessToken, tok.RefreshToken
 	if h.secrets != nil {
@@ -378,7 +440,7 @@ func (h *Handler) complete(ctx context.Context, r *http.Request) (tenant, compan
 	if access == "" {
 		return st.Tenant, "", &failure{status: http.StatusBadGateway, reason: metrics.ConnectExchangeFailed,
 			err:  errors.New("token response without an access token"),
-			page: page{Title: "Connection failed", Message: "Pleo's answer carried no access token. Nothing was stored; try again later.", Retry: retryLink(st.Tenant)}}
+			page: page{Title: "Connection failed", Message: "Pleo's answer carried no access token. Nothing was stored; try again later."}}
 	}
 	if refresh == "" {
 		return st.Tenant, "", h.noRefreshToken(ctx, access, st.Tenant)
@@ -387,7 +449,7 @@ func (h *Handler) complete(ctx context.Context, r *http.Request) (tenant, compan
 	company, err = LookupCompany(ctx, h.client, h.upstream, credentials.Secret("Bearer "+access))
 	if err != nil {
 		return st.Tenant, "", &failure{status: http.StatusBadGateway, reason: metrics.ConnectCompanyLookupFailed, err: err,
-			page: page{Title: "Connection failed", Message: "Pleo did not say which company was connected. Nothing was stored; try again later.", Retry: retryLink(st.Tenant)}}
+			page: page{Title: "Connection failed", Message: "Pleo did not say which company was connected. Nothing was stored; try again later."}}
 	}
 
 	expires := tok.Expiry
@@ -427,39 +489,84 @@ func (h *Handler) noRefreshToken(ctx context.Context, access, tenant string) *fa
 	}
 	return &failure{status: http.StatusBadGateway, reason: metrics.ConnectNoRefreshToken,
 		err: fmt.Errorf("token response without a refresh token (access token %s): %s", revoked, noRefreshTokenHint),
-		page: page{Title: "Connection failed", Retry: retryLink(tenant),
+		page: page{Title: "Connection failed",
 			Message: "Pleo granted access without a refresh token, so the connection could not be kept. " +
 				"Nothing was stored, and " + said + ". The operator must request the scope that grants offline access.",
 			Details: []detail{{"Reason", "no_refresh_token"}, {"Hint", noRefreshTokenHint}}}}
 }
 
-// storeCredential adds or replaces the company's credential. A tenant already connected to
-// another company is refused: one tenant, one company.
+// maxStoreAttempts bounds storeCredential's compare-and-swap retries.
+const maxStoreAttempts = 5
+
+// storeCredential binds the company to the tenant, or refreshes that binding, and never
+// moves one: a company stored with another tenant, or a tenant held by another company, is
+// a 409 tenant_conflict and nothing is written. A company stored without a tenant (put by an
+// operator) is bound to this one. The check and the write are one atomic step against the
+// store: a first binding is a credentials.Create (add-if-absent), a reconnect an Update
+// (compare-and-swap on the version read with the check), and a lost race is checked again.
 func (h *Handler) storeCredential(ctx context.Context, cred credentials.Credential) *failure {
 	storeFailed := func(err error) *failure {
 		return &failure{status: http.StatusServiceUnavailable, reason: metrics.ConnectStoreFailed, err: err,
-			page: page{Title: "Connection failed", Message: "The connection could not be saved. Nothing was stored; try again later.", Retry: retryLink(cred.TenantID)}}
+			page: page{Title: "Connection failed", Message: "The connection could not be saved. Nothing was stored; try again later."}}
 	}
-	if other, err := h.store.GetByTenant(ctx, cred.TenantID); err == nil && other.CompanyID != cred.CompanyID {
-		return &failure{status: http.StatusConflict, reason: metrics.ConnectStoreFailed,
-			err: fmt.Errorf("tenant is already connected to company %s", other.CompanyID),
-			page: page{Title: "Already connected", Message: "This tenant is already connected to another Pleo company. " +
-				"Ask the operator to remove that connection first; nothing was stored.",
-				Details: []detail{{"Tenant", echo(cred.TenantID)}}}}
-	} else if err != nil && !errors.Is(err, credentials.ErrNotFound) {
-		return storeFailed(err)
+	for range maxStoreAttempts {
+		other, err := h.store.GetByTenant(ctx, cred.TenantID)
+		switch {
+		case err == nil && other.CompanyID != cred.CompanyID:
+			return tenantTaken(cred, other.CompanyID)
+		case err != nil && !errors.Is(err, credentials.ErrNotFound):
+			return storeFailed(err)
+		}
+		prev, err := h.store.Get(ctx, cred.CompanyID)
+		switch {
+		case err == nil:
+			if prev.TenantID != "" && prev.TenantID != cred.TenantID {
+				return companyBound(cred, prev.TenantID)
+			}
+			next := cred
+			next.Version = prev.Version
+			_, err = h.store.Update(ctx, next)
+		case errors.Is(err, credentials.ErrNotFound):
+			_, err = credentials.Create(ctx, h.store, cred)
+		default:
+			return storeFailed(err)
+		}
+		var fe *credentials.FieldError
+		switch {
+		case err == nil:
+			if h.onConnected != nil {
+				h.onConnected(cred.Metadata())
+			}
+			return nil
+		case errors.Is(err, credentials.ErrConflict), errors.Is(err, credentials.ErrExists), errors.Is(err, credentials.ErrNotFound):
+			continue // another writer got there first: check again against what it wrote
+		case errors.As(err, &fe) && fe.Field == "tenant_id":
+			continue // the tenant was taken meanwhile: the next check names by whom
+		default:
+			return storeFailed(err)
+		}
 	}
-	if prev, err := h.store.Get(ctx, cred.CompanyID); err == nil && prev.TenantID != "" && prev.TenantID != cred.TenantID {
-		h.log.Warn("consent flow moves a company to another tenant", "company_id", cred.CompanyID,
-			"previous_tenant_id", prev.TenantID, "tenant_id", cred.TenantID)
-	}
-	if err := h.store.PutAll(ctx, []credentials.Credential{cred}, false); err != nil {
-		return storeFailed(err)
-	}
-	if h.onConnected != nil {
-		h.onConnected(cred.Metadata())
-	}
-	return nil
+	return storeFailed(errors.New("the company's credential kept changing during the write"))
+}
+
+// companyBound is a consent for a company connected to another tenant.
+func companyBound(cred credentials.Credential, boundTenant string) *failure {
+	return &failure{status: http.StatusConflict, reason: metrics.ConnectTenantConflict, level: slog.LevelError,
+		err: fmt.Errorf("company is connected to tenant %q; a consent flow does not move it to tenant %q", echo(boundTenant), echo(cred.TenantID)),
+		page: page{Title: "Already connected to another tenant",
+			Message: "This Pleo company is already connected to another tenant, and a connection link does not move it. " +
+				"Nothing was stored. If the company should move, the operator must disconnect it first.",
+			Details: []detail{{"Pleo company", cred.CompanyID}, {"Connected to tenant", echo(boundTenant)},
+				{"This link's tenant", echo(cred.TenantID)}}}}
+}
+
+// tenantTaken is a consent for a tenant connected to another company.
+func tenantTaken(cred credentials.Credential, otherCompany string) *failure {
+	return &failure{status: http.StatusConflict, reason: metrics.ConnectTenantConflict, level: slog.LevelError,
+		err: fmt.Errorf("tenant is connected to company %s; a consent flow does not replace it", otherCompany),
+		page: page{Title: "Already connected", Message: "This tenant is already connected to another Pleo company. " +
+			"Nothing was stored. If it should change, the operator must disconnect that company first.",
+			Details: []detail{{"Tenant", echo(cred.TenantID)}, {"Pleo company", cred.CompanyID}}}}
 }
 
 func (h *Handler) internalError(w http.ResponseWriter, what string, err error) {
@@ -467,15 +574,7 @@ func (h *Handler) internalError(w http.ResponseWriter, what string, err error) {
 	writePage(w, http.StatusInternalServerError, page{Title: "Internal error", Message: "Something went wrong; try again."})
 }
 
-// retryLink is the relative link that starts a flow for tenant again.
-func retryLink(tenant string) string {
-	if tenant == "" {
-		return ""
-	}
-	return ConnectPath + "?" + url.Values{"tenant_id": {tenant}}.Encode()
-}
-
-func stateFailure(err error, tenant string, cause error) *failure {
+func stateFailure(err error, cause error) *failure {
 	f := &failure{status: http.StatusBadRequest, reason: metrics.ConnectInvalidState, err: err}
 	if cause != nil {
 		f.err = fmt.Errorf("%w: %w", err, cause)
@@ -483,15 +582,12 @@ func stateFailure(err error, tenant string, cause error) *failure {
 	f.page.Title = "Connection failed"
 	switch {
 	case errors.Is(err, ErrStateExpired):
-		f.page.Message = fmt.Sprintf("This sign-in took longer than %d minutes and has expired. Nothing was stored.", int(StateTTL/time.Minute))
-		f.page.Retry = retryLink(tenant)
+		f.page.Message = fmt.Sprintf("This sign-in took longer than %d minutes and has expired. Nothing was stored: start again from your application.", int(StateTTL/time.Minute))
 	case errors.Is(err, ErrStateUsed):
 		f.page.Message = "This sign-in link was already used. Nothing more was stored."
-		f.page.Retry = retryLink(tenant)
 	case errors.Is(err, ErrStateBrowser):
 		f.page.Message = "This sign-in was started in another browser (or on another address). " +
-			"Nothing was stored: start again in this browser."
-		f.page.Retry = retryLink(tenant)
+			"Nothing was stored: start again from your application, in the browser you sign in to Pleo with."
 	case errors.Is(err, ErrBusy):
 		f.status, f.reason = http.StatusServiceUnavailable, metrics.ConnectOther
 		f.page.Message = "Too many connections are in progress. Nothing was stored; try again in a few minutes."
@@ -502,9 +598,9 @@ func stateFailure(err error, tenant string, cause error) *failure {
 }
 
 // authorizeFailure is a callback carrying error=… from the authorisation server.
-func authorizeFailure(code, description, tenant string) *failure {
+func authorizeFailure(code, description string) *failure {
 	f := &failure{status: http.StatusBadRequest, reason: metrics.ConnectOther, err: fmt.Errorf("authorisation server: %s", echo(code))}
-	f.page = page{Title: "Connection failed", Retry: retryLink(tenant),
+	f.page = page{Title: "Connection failed",
 		Message: "Pleo did not grant access. Nothing was stored.",
 		Details: []detail{{"Error", echo(code)}}}
 	if code == "access_denied" {
@@ -519,9 +615,9 @@ func authorizeFailure(code, description, tenant string) *failure {
 }
 
 // exchangeFailure is a code the token endpoint would not exchange.
-func exchangeFailure(err error, tenant string) *failure {
+func exchangeFailure(err error) *failure {
 	f := &failure{status: http.StatusBadGateway, reason: metrics.ConnectExchangeFailed, err: err,
-		page: page{Title: "Connection failed", Retry: retryLink(tenant),
+		page: page{Title: "Connection failed",
 			Message: "Pleo's token endpoint could not be reached or failed. Nothing was stored; try again later."}}
 	var re *oauth2.RetrieveError
 	if errors.As(err, &re) {

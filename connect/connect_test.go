@@ -72,6 +72,7 @@ func newEnv(t *testing.T, adjust ...func(*Options)) *env {
 		Upstream:     mustURL(t, e.as.URL()),
 		Store:        e.store,
 		StateKeys:    [][]byte{bytes.Repeat([]byte{7}, 32)},
+		Links:        mustLinks(t, e.clock, testLinkKey),
 		Now:          e.clock.Now,
 		Logger:       slog.New(slog.NewTextHandler(lockedWriter{e.logMu, e.logs}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Metrics:      metrics.New(e.reg),
@@ -162,7 +163,30 @@ func get(t *testing.T, c *http.Client, u string) result {
 	return result{resp.StatusCode, resp.Header, string(body), resp.Request.URL}
 }
 
+// testLinkKey signs the links of every env.
+var testLinkKey = bytes.Repeat([]byte{9}, 32)
+
+func mustLinks(t *testing.T, clock *testenv.Clock, keys ...[]byte) *Links {
+	t.Helper()
+	l, err := NewLinks(keys, clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// connectURL is a link for tenant on the env's connect listener: signed when the handler
+// takes signed links (and tenant is one a link may carry), else the unsigned form.
 func (e *env) connectURL(tenant string) string {
+	if e.options.Links != nil {
+		if raw, _, err := e.options.Links.URL(mustURL(e.t, e.srv.URL), tenant, time.Hour); err == nil {
+			return raw
+		}
+	}
+	return e.unsignedURL(tenant)
+}
+
+func (e *env) unsignedURL(tenant string) string {
 	return e.srv.URL + "/connect?" + url.Values{"tenant_id": {tenant}}.Encode()
 }
 
@@ -426,8 +450,9 @@ func TestConnectRedirect(t *testing.T) {
 	}
 }
 
+// With unsigned links allowed, the tenant comes from the query and is checked.
 func TestConnectRefusesBadStart(t *testing.T) {
-	e := newEnv(t)
+	e := newEnv(t, func(o *Options) { o.UnsignedLinks = true })
 	for name, target := range map[string]string{
 		"no tenant":       "/connect",
 		"empty tenant":    "/connect?tenant_id=",
@@ -686,7 +711,8 @@ func TestPagesEscape(t *testing.T) {
 	}
 
 	// A refused start with a hostile (too long) tenant id.
-	r = get(t, e.srv.Client(), e.connectURL(hostile+strings.Repeat("y", 300)))
+	unsigned := newEnv(t, func(o *Options) { o.UnsignedLinks = true })
+	r = get(t, unsigned.srv.Client(), unsigned.unsignedURL(hostile+strings.Repeat("y", 300)))
 	if r.status != http.StatusBadRequest {
 		t.Fatalf("%d", r.status)
 	}
@@ -753,8 +779,11 @@ func TestTenantOfAnotherCompanyIsRefused(t *testing.T) {
 	if len(list) != 1 || list[0].CompanyID != companyB {
 		t.Fatalf("store changed: %v", list)
 	}
-	if e.failures("store_failed") != 1 {
-		t.Fatal("store_failed not counted")
+	if e.failures("tenant_conflict") != 1 || e.connects("failed") != 1 {
+		t.Fatal("tenant_conflict not counted")
+	}
+	if !strings.Contains(e.log(), "level=ERROR") {
+		t.Fatalf("conflict not logged at error level: %s", e.log())
 	}
 }
 
@@ -817,6 +846,7 @@ func TestNewRefusesBadOptions(t *testing.T) {
 		"no store":          func(o *Options) { o.Store = nil },
 		"no upstream":       func(o *Options) { o.Upstream = nil },
 		"no token url":      func(o *Options) { o.TokenURL = nil },
+		"no link signer":    func(o *Options) { o.Links = nil },
 		"relative redirect": func(o *Options) { o.RedirectURL = mustURL(t, "/callback") },
 	} {
 		o := e.options
@@ -837,7 +867,11 @@ func TestCookieSecureWithHTTPS(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "https://connect.example.com/connect?tenant_id=t", nil))
+	link, _, err := o.Links.URL(mustURL(t, "https://connect.example.com"), "t", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, link, nil))
 	cookies := rec.Result().Cookies()
 	if rec.Code != http.StatusFound || len(cookies) != 1 || !cookies[0].Secure || !cookies[0].HttpOnly {
 		t.Fatalf("%d %+v", rec.Code, cookies)

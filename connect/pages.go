@@ -28,9 +28,7 @@ type page struct {
 	Title   string
 	Message string
 	Details []detail
-	// Retry, when set, is a link to start the flow again (a relative URL built here).
-	Retry string
-	Style template.CSS
+	Style   template.CSS
 }
 
 type detail struct{ Name, Value string }
@@ -44,9 +42,6 @@ var pageTemplate = template.Must(template.New("page").Parse(`<!doctype html>
 <p>{{.Message}}</p>
 {{- if .Details}}
 <dl>{{range .Details}}<dt>{{.Name}}</dt><dd>{{.Value}}</dd>{{end}}</dl>
-{{- end}}
-{{- if .Retry}}
-<p><a href="{{.Retry}}">Start again</a></p>
 {{- end}}
 </main></body></html>
 `))

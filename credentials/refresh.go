@@ -102,8 +102,8 @@ func (b *Broker) refreshLocked(ctx context.Context, companyID, trigger string, s
 		return b.newEntry(next), nil
 	}
 	b.metrics.TokenCommitWindow(window)
-	b.log.DebugContext(ctx, "token refreshed", "company_id", companyID, "trigger", trigger,
-		"expires_at", saved.ExpiresAt, "commit_window", window)
+	b.log.InfoContext(ctx, "token refreshed", "company_id", companyID, "trigger", trigger, "result", metrics.RefreshSuccess,
+		"duration_ms", float64(took)/float64(time.Millisecond), "expires_at", saved.ExpiresAt, "commit_window", window)
 	return b.remember(saved, gen), nil
 }
 
@@ -492,7 +492,7 @@ func (b *Broker) refreshShared(ctx context.Context, companyID, trigger string, s
 	delete(b.pending, companyID)
 	b.mu.Unlock()
 	b.metrics.TokenCommitWindow(window)
-	b.log.DebugContext(ctx, "token refreshed", "company_id", companyID, "trigger", trigger,
-		"expires_at", saved.ExpiresAt, "commit_window", window)
+	b.log.InfoContext(ctx, "token refreshed", "company_id", companyID, "trigger", trigger, "result", metrics.RefreshSuccess,
+		"duration_ms", float64(x.took)/float64(time.Millisecond), "expires_at", saved.ExpiresAt, "commit_window", window)
 	return b.remember(saved, gen), nil
 }

@@ -108,11 +108,13 @@ const (
 )
 
 // Connect results: the result label of pleo_proxy_connects_total, recorded by
-// [Metrics.ConnectStarted], [Metrics.ConnectCompleted] and [Metrics.ConnectFailed].
+// [Metrics.ConnectStarted], [Metrics.ConnectCompleted], [Metrics.ConnectFailed] and
+// [Metrics.ConnectLinkRefused].
 const (
-	connectStarted   = "started"
-	connectCompleted = "completed"
-	connectFailed    = "failed"
+	connectStarted     = "started"
+	connectCompleted   = "completed"
+	connectFailed      = "failed"
+	connectLinkRefused = "link_refused"
 )
 
 // Connect failure reasons: the reason label of pleo_proxy_connect_failures_total.
@@ -130,6 +132,9 @@ const (
 	ConnectCompanyLookupFailed = "company_lookup_failed"
 	// ConnectStoreFailed is a credential the store would not take.
 	ConnectStoreFailed = "store_failed"
+	// ConnectTenantConflict is a consent that would move a binding: the company is connected
+	// to another tenant, or the tenant to another company. Nothing is stored.
+	ConnectTenantConflict = "tenant_conflict"
 	// ConnectOther is any other failure (also recorded for an unknown reason).
 	ConnectOther = Other
 )
@@ -145,8 +150,8 @@ var (
 	refreshResultLabels  = [...]string{RefreshSuccess, RefreshInvalidGrant, RefreshError}
 	cacheLabels          = [...]string{CacheHit, CacheMiss}
 	storeOperationLabels = [...]string{StoreGet, StoreList, StoreUpdate, StorePut, StoreDelete, StoreReload, StorePing}
-	connectLabels        = [...]string{connectStarted, connectCompleted, connectFailed}
-	connectReasonLabels  = [...]string{ConnectAccessDenied, ConnectInvalidState, ConnectExchangeFailed, ConnectNoRefreshToken, ConnectCompanyLookupFailed, ConnectStoreFailed, ConnectOther}
+	connectLabels        = [...]string{connectStarted, connectCompleted, connectFailed, connectLinkRefused}
+	connectReasonLabels  = [...]string{ConnectAccessDenied, ConnectInvalidState, ConnectExchangeFailed, ConnectNoRefreshToken, ConnectCompanyLookupFailed, ConnectStoreFailed, ConnectTenantConflict, ConnectOther}
 	skipReasonLabels     = [...]string{SkipUnauthorizedCooldown, SkipBackoff}
 
 	// errorCodeLabels are the codes of the problems the sidecar produces (contract section 3).

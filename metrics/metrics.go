@@ -1,5 +1,5 @@
 // Package metrics defines the sidecar's Prometheus metrics, whose names are part of the public
-// contract (interface.md section 7): they may change only with a reason in the changelog.
+// contract (docs/reference.md, Metrics): they may change only with a reason in the changelog.
 //
 // [New] creates and registers every metric on a registerer that main owns; nothing is
 // registered globally. Callers record through typed methods that bound every label (no company
@@ -226,7 +226,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		}),
 		connects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: nameConnects,
-			Help: "OAuth consent flows, by result: started (GET /connect), completed (credential stored) or failed.",
+			Help: "OAuth consent flows, by result: started (GET /connect), completed (credential stored), failed, or link_refused (GET /connect without a valid signed link: nothing started).",
 		}, []string{"result"}),
 		connectFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: nameConnectFailures,
@@ -536,6 +536,15 @@ func (m *Metrics) RefreshSkipped(reason string) {
 		return
 	}
 	m.skippedChildren[i].Inc()
+}
+
+// ConnectLinkRefused records, in pleo_proxy_connects_total{result="link_refused"}, a GET
+// /connect refused because its link is unsigned, altered, expired or signed under another key.
+func (m *Metrics) ConnectLinkRefused() {
+	if m == nil {
+		return
+	}
+	m.connectChildren[3].Inc()
 }
 
 // ConnectFailed records a consent callback that stored nothing, in both

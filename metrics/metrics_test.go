@@ -32,6 +32,8 @@ func touchAll(m *Metrics) {
 	m.InFlight()
 	m.ConnectStarted()
 	m.ConnectFailed(ConnectAccessDenied)
+	m.ConnectLinkRefused()
+	m.ConnectFailed(ConnectTenantConflict)
 	m.ClientConnOpened()
 	m.ClientConnOpened()
 	m.ClientConnClosed()
@@ -51,7 +53,7 @@ func withoutHelp(g prometheus.Gatherer) prometheus.Gatherer {
 	})
 }
 
-// expectedExposition is the contract of interface.md section 7 plus the operational extras,
+// expectedExposition is the contract (docs/reference.md, Metrics) plus the operational extras,
 // as exported after touchAll. Changing it changes the public contract.
 const expectedExposition = `
 # TYPE pleo_proxy_client_connection_waits_total counter
@@ -70,9 +72,11 @@ pleo_proxy_connect_failures_total{reason="invalid_state"} 0
 pleo_proxy_connect_failures_total{reason="no_refresh_token"} 0
 pleo_proxy_connect_failures_total{reason="other"} 0
 pleo_proxy_connect_failures_total{reason="store_failed"} 0
+pleo_proxy_connect_failures_total{reason="tenant_conflict"} 1
 # TYPE pleo_proxy_connects_total counter
 pleo_proxy_connects_total{result="completed"} 0
-pleo_proxy_connects_total{result="failed"} 1
+pleo_proxy_connects_total{result="failed"} 2
+pleo_proxy_connects_total{result="link_refused"} 1
 pleo_proxy_connects_total{result="started"} 1
 # TYPE pleo_proxy_credential_cache_lookups_total counter
 pleo_proxy_credential_cache_lookups_total{result="hit"} 1
@@ -458,6 +462,10 @@ func TestMethods(t *testing.T) {
 			func(m *Metrics) prometheus.Collector { return m.connects.WithLabelValues("completed") }, 1},
 		{"connect failed", func(m *Metrics) { m.ConnectFailed(ConnectStoreFailed) },
 			func(m *Metrics) prometheus.Collector { return m.connects.WithLabelValues("failed") }, 1},
+		{"connect link refused", func(m *Metrics) { m.ConnectLinkRefused() },
+			func(m *Metrics) prometheus.Collector { return m.connects.WithLabelValues("link_refused") }, 1},
+		{"connect tenant conflict", func(m *Metrics) { m.ConnectFailed(ConnectTenantConflict) },
+			func(m *Metrics) prometheus.Collector { return m.connectFailures.WithLabelValues("tenant_conflict") }, 1},
 		{"connect failure reason", func(m *Metrics) { m.ConnectFailed(ConnectStoreFailed) },
 			func(m *Metrics) prometheus.Collector { return m.connectFailures.WithLabelValues("store_failed") }, 1},
 		{"connect failure unknown reason", func(m *Metrics) { m.ConnectFailed("meteor") },

@@ -45,6 +45,9 @@ type Options struct {
 	Metrics *metrics.Metrics
 	// Now is the clock for durations (default time.Now).
 	Now func() time.Time
+	// ReconnectURL, when set, gives a reauthorization_required problem its reconnect_url: a
+	// signed connect link for the company's tenant, or "" for none.
+	ReconnectURL func(companyID string) string
 }
 
 // Handler is the data listener's http.Handler.
@@ -57,6 +60,7 @@ type Handler struct {
 	log          *slog.Logger
 	metrics      *metrics.Metrics
 	now          func() time.Time
+	reconnect    func(companyID string) string
 }
 
 // New builds the handler.
@@ -97,6 +101,7 @@ func New(opts Options) (*Handler, error) {
 		log:       opts.Logger,
 		metrics:   opts.Metrics,
 		now:       opts.Now,
+		reconnect: opts.ReconnectURL,
 	}
 	for _, t := range opts.ClientTokens {
 		h.clientTokens = append(h.clientTokens, sha256.Sum256([]byte(t.Reveal())))
@@ -250,7 +255,9 @@ func (h *Handler) finish(rw *recorder, r *http.Request, st *requestState, start 
 		slog.String("method", r.Method),
 		slog.String("path", r.URL.Path),
 		slog.Int("status", status),
-		slog.Duration("duration", d),
+		// Named by its unit, the same in text and JSON (slog.Duration is bare nanoseconds
+		// in JSON).
+		slog.Float64("duration_ms", float64(d)/float64(time.Millisecond)),
 		slog.String("company_id", st.companyID),
 		slog.String("credential_type", ct),
 		slog.Int("attempts", st.attempts),
@@ -282,6 +289,11 @@ func (h *Handler) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 func (h *Handler) writeProblem(w http.ResponseWriter, st *requestState, p *Problem) {
 	st.errCode = p.Code
 	h.metrics.Error(string(p.Code))
+	if p.Code == CodeReauthorizationRequired && h.reconnect != nil && p.CompanyID != "" {
+		withURL := *p
+		withURL.ReconnectURL = h.reconnect(p.CompanyID)
+		p = &withURL
+	}
 	WriteProblem(w, p, st.requestID)
 }
 

@@ -74,6 +74,9 @@ type Problem struct {
 	CompanyID string
 	// RetryAfter, when positive, is sent as Retry-After in whole seconds (rounded up).
 	RetryAfter time.Duration
+	// ReconnectURL is a signed connect link for the company's tenant, on a
+	// reauthorization_required problem (empty: none).
+	ReconnectURL string
 }
 
 func (p *Problem) Error() string { return "proxy: " + string(p.Code) + ": " + p.Detail }
@@ -87,6 +90,8 @@ type problemBody struct {
 	Code      Code   `json:"code"`
 	CompanyID string `json:"company_id,omitempty"`
 	RequestID string `json:"request_id,omitempty"`
+	// ReconnectURL is where a person reconnects the company (reauthorization_required).
+	ReconnectURL string `json:"reconnect_url,omitempty"`
 }
 
 // ProblemTypePrefix prefixes every problem's type URI.
@@ -100,13 +105,14 @@ func WriteProblem(w http.ResponseWriter, p *Problem, requestID string) {
 		s = spec{http.StatusInternalServerError, "Internal error", "proxy_internal_error"}
 	}
 	body, err := json.Marshal(problemBody{
-		Type:      ProblemTypePrefix + string(p.Code),
-		Title:     s.title,
-		Status:    s.status,
-		Detail:    p.Detail,
-		Code:      p.Code,
-		CompanyID: p.CompanyID,
-		RequestID: requestID,
+		Type:         ProblemTypePrefix + string(p.Code),
+		Title:        s.title,
+		Status:       s.status,
+		Detail:       p.Detail,
+		Code:         p.Code,
+		CompanyID:    p.CompanyID,
+		RequestID:    requestID,
+		ReconnectURL: p.ReconnectURL,
 	})
 	if err != nil { // cannot happen: every field is a string or an int
 		body = []byte(`{"status":500}`)

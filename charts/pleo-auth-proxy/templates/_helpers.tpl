@@ -2,7 +2,16 @@
 Named templates of the pleo-auth-proxy chart.
 
 Public, for your own charts (pass this chart's context: `index .Subcharts "pleo-auth-proxy"`):
-  pleo-auth-proxy.sidecar         the container, as one item of a containers list
+  pleo-auth-proxy.initContainers  the container as a native sidecar, when sidecar.native
+                                  resolves to native (else nothing): items of initContainers
+  pleo-auth-proxy.containers      the container as a classic sidecar, when it does not (else
+                                  nothing): items of containers
+  pleo-auth-proxy.nativeSidecar   the container as a native sidecar (restartPolicy: Always),
+                                  whatever sidecar.native says: one item of initContainers
+  pleo-auth-proxy.classicSidecar  the container as a classic sidecar, whatever sidecar.native
+                                  says: one item of containers
+  pleo-auth-proxy.sidecar         the container in the form sidecar.native resolves to
+  pleo-auth-proxy.isNative        "true" when sidecar.native resolves to native, else ""
   pleo-auth-proxy.sidecarVolumes  its volumes, as items of a volumes list (may be empty)
   pleo-auth-proxy.url             http://127.0.0.1:<port>, for your container's environment
 Everything else here is internal.
@@ -84,6 +93,7 @@ pleo-auth-proxy.secretFiles: the secrets that are configured, as a YAML list of
   (dict "value" "oauthClientSecret" "file" "oauth-client-secret" "env" "PLEO_PROXY_OAUTH_CLIENT_SECRET_FILE")
   (dict "value" "encryptionKey" "file" "encryption-key" "env" "PLEO_PROXY_ENCRYPTION_KEY_FILE")
   (dict "value" "adminToken" "file" "admin-token" "env" "PLEO_PROXY_ADMIN_TOKEN_FILE")
+  (dict "value" "connectKey" "file" "connect-key" "env" "PLEO_PROXY_CONNECT_KEY_FILE")
   (dict "value" "clientTokens" "file" "client-tokens" "env" "PLEO_PROXY_CLIENT_TOKENS_FILE") }}
 {{- $out := list }}
 {{- range $defs }}
@@ -124,8 +134,8 @@ same checks.
 {{- $v := .Values }}
 {{- $s := $v.secrets }}
 {{- if $s.existingSecret }}
-{{- if or $s.oauthClientSecret $s.encryptionKey $s.adminToken $s.clientTokens }}
-{{- fail "secrets.existingSecret is set: leave secrets.oauthClientSecret, encryptionKey, adminToken and clientTokens empty and name the keys in secrets.existingSecretKeys" }}
+{{- if or $s.oauthClientSecret $s.encryptionKey $s.adminToken $s.clientTokens $s.connectKey }}
+{{- fail "secrets.existingSecret is set: leave secrets.oauthClientSecret, encryptionKey, adminToken, clientTokens and connectKey empty and name the keys in secrets.existingSecretKeys" }}
 {{- end }}
 {{- else }}
 {{- range $k, $key := ($s.existingSecretKeys | default dict) }}
@@ -167,6 +177,10 @@ same checks.
 {{- if not (include "pleo-auth-proxy.hasSecret" (dict "root" . "name" "oauthClientSecret")) }}
 {{- fail "connect.enabled: the consent flow needs the OAuth client secret: set secrets.oauthClientSecret (or secrets.existingSecretKeys.oauthClientSecret)" }}
 {{- end }}
+{{- $linkKey := or (include "pleo-auth-proxy.hasSecret" (dict "root" . "name" "connectKey")) (include "pleo-auth-proxy.hasSecret" (dict "root" . "name" "encryptionKey")) }}
+{{- if not (or $linkKey $v.connect.unsignedLinks) }}
+{{- fail "connect.enabled: connect links are signed with PLEO_PROXY_CONNECT_KEY: set secrets.connectKey (or secrets.existingSecretKeys.connectKey), or secrets.encryptionKey to derive it from; connect.unsignedLinks=true only behind an ingress that authorises /connect itself" }}
+{{- end }}
 {{- end }}
 {{- if and $v.serviceMonitor.enabled (not $v.standalone.enabled) }}
 {{- fail "serviceMonitor.enabled needs standalone.enabled (it selects the chart's Service); in sidecar mode use podMonitor with podMonitor.selector" }}
@@ -179,8 +193,13 @@ same checks.
 {{- end }}
 {{- end }}
 
-{{/* The container's environment. */}}
+{{/*
+The container's environment: dict "root" (the chart's context) "native" (bool: rendered as a
+native sidecar).
+*/}}
 {{- define "pleo-auth-proxy.env" -}}
+{{- $native := .native }}
+{{- with .root }}
 {{- $v := .Values }}
 {{- $listen := printf "127.0.0.1:%d" (int $v.ports.data) }}
 {{- if $v.standalone.enabled }}
@@ -193,6 +212,10 @@ same checks.
 {{- if $v.connect.enabled }}
 - name: PLEO_PROXY_CONNECT_ADDR
   value: {{ printf ":%d" (int $v.ports.connect) | quote }}
+{{- if $v.connect.unsignedLinks }}
+- name: PLEO_PROXY_CONNECT_UNSIGNED_LINKS
+  value: "true"
+{{- end }}
 {{- end }}
 {{- $vars := list
   (list "ENVIRONMENT" $v.config.environment)
@@ -252,8 +275,22 @@ same checks.
 - name: {{ .env }}
   value: {{ printf "%s/%s" (include "pleo-auth-proxy.secretsDir" $) .file | quote }}
 {{- end }}
+{{- /* The shutdown delay: Kubernetes signals a classic sidecar (and a standalone pod, still in
+  its Service's endpoints for a moment) at the same time as the app, so it keeps serving a
+  while; a native sidecar is signalled only after the app's containers have exited. */}}
+{{- $delay := toString (default "" $v.config.shutdownDelay) }}
+{{- if not $delay }}
+{{- $delay = ternary "0s" "5s" $native }}
+{{- end }}
+- name: PLEO_PROXY_SHUTDOWN_DELAY
+  value: {{ $delay | quote }}
+{{- with $v.config.shutdownTimeout }}
+- name: PLEO_PROXY_SHUTDOWN_TIMEOUT
+  value: {{ . | toString | quote }}
+{{- end }}
 {{- with $v.extraEnv }}
 {{ toYaml . }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -272,26 +309,86 @@ failureThreshold: {{ .probe.failureThreshold }}
 {{- end }}
 
 {{/*
-pleo-auth-proxy.sidecar: the container, as one item of a containers list (or, with
-sidecar.native, of initContainers). Pass this chart's context.
+pleo-auth-proxy.isNative: "true" when the sidecar runs as a Kubernetes native sidecar (an init
+container with restartPolicy: Always): sidecar.native true, or auto (the default) on
+Kubernetes 1.29 or later (.Capabilities.KubeVersion: the cluster's at helm install/upgrade;
+helm template assumes an old version unless given --kube-version). Never in standalone mode.
 */}}
-{{- define "pleo-auth-proxy.sidecar" -}}
-{{- include "pleo-auth-proxy.validate" . }}
-{{- include "pleo-auth-proxy.container" . | trim }}
+{{- define "pleo-auth-proxy.isNative" -}}
+{{- $n := toString .Values.sidecar.native }}
+{{- if not .Values.standalone.enabled }}
+{{- if eq $n "true" }}true
+{{- else if and (eq $n "auto") (semverCompare ">=1.29.0-0" .Capabilities.KubeVersion.Version) }}true
+{{- end }}
+{{- end }}
 {{- end }}
 
+{{/*
+pleo-auth-proxy.initContainers and pleo-auth-proxy.containers place the container for you:
+include the first under your pod's initContainers and the second under its containers; one
+of them renders the container, in the form sidecar.native resolves to, the other nothing.
+*/}}
+{{- define "pleo-auth-proxy.initContainers" -}}
+{{- if include "pleo-auth-proxy.isNative" . }}
+{{- include "pleo-auth-proxy.nativeSidecar" . }}
+{{- else }}
+{{- include "pleo-auth-proxy.validate" . }}
+{{- end }}
+{{- end }}
+
+{{- define "pleo-auth-proxy.containers" -}}
+{{- if not (include "pleo-auth-proxy.isNative" .) }}
+{{- include "pleo-auth-proxy.classicSidecar" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+pleo-auth-proxy.nativeSidecar: the container as a native sidecar (restartPolicy: Always), one
+item of an initContainers list (Kubernetes 1.29 or later). It starts before your containers,
+its startup probe holds them back until it listens, and it is stopped after they exit, so a
+Job or CronJob completes.
+*/}}
+{{- define "pleo-auth-proxy.nativeSidecar" -}}
+{{- include "pleo-auth-proxy.validate" . }}
+{{- include "pleo-auth-proxy.container" (dict "root" . "native" true) | trim }}
+{{- end }}
+
+{{/*
+pleo-auth-proxy.classicSidecar: the container as a classic sidecar, one item of a containers
+list. It never exits by itself: a Job's pod with it never completes.
+*/}}
+{{- define "pleo-auth-proxy.classicSidecar" -}}
+{{- include "pleo-auth-proxy.validate" . }}
+{{- include "pleo-auth-proxy.container" (dict "root" . "native" false) | trim }}
+{{- end }}
+
+{{/*
+pleo-auth-proxy.sidecar: the container in the form sidecar.native resolves to (see
+pleo-auth-proxy.isNative): one item of initContainers when native, of containers otherwise.
+*/}}
+{{- define "pleo-auth-proxy.sidecar" -}}
+{{- if include "pleo-auth-proxy.isNative" . }}
+{{- include "pleo-auth-proxy.nativeSidecar" . }}
+{{- else }}
+{{- include "pleo-auth-proxy.classicSidecar" . }}
+{{- end }}
+{{- end }}
+
+{{/* The container: dict "root" (the chart's context) "native" (bool). */}}
 {{- define "pleo-auth-proxy.container" -}}
+{{- $native := .native }}
+{{- with .root }}
 {{- $v := .Values }}
 - name: {{ $v.sidecar.containerName }}
   image: {{ include "pleo-auth-proxy.image" . | quote }}
   imagePullPolicy: {{ $v.image.pullPolicy }}
   args:
     - serve
-  {{- if and $v.sidecar.native (not $v.standalone.enabled) }}
+  {{- if $native }}
   restartPolicy: Always
   {{- end }}
   env:
-    {{- include "pleo-auth-proxy.env" . | trim | nindent 4 }}
+    {{- include "pleo-auth-proxy.env" (dict "root" . "native" $native) | trim | nindent 4 }}
   ports:
     {{- if $v.standalone.enabled }}
     - name: pleo-proxy
@@ -337,6 +434,7 @@ sidecar.native, of initContainers). Pass this chart's context.
       readOnly: true
       {{- end }}
     {{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
