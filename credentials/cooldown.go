@@ -10,8 +10,8 @@ import (
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/metrics"
 )
 
-// The 401 cool-down. A token that a refresh obtained because the upstream answered 401, and
-// that the upstream answers 401 to as well, was not rejected for being stale: refreshing again would cost a rotation, a durable write and
+// The 401 cool-down. Tokens that refreshes obtained because the upstream answered 401 (two in a
+// row), and that the upstream answers 401 to as well, were not rejected for being stale: refreshing again would cost a rotation, a durable write and
 // a token endpoint call for every request (a missing scope, a Pleo-side outage), and one noisy
 // caller could spend the OAuth client's rate limit. So a 401 to a fresh token puts the company
 // in a cool-down: until it passes, upstream 401s are passed back to the caller unchanged,
@@ -184,20 +184,31 @@ func (b *Broker) cooldownReauthorize(ctx context.Context, companyID string, reje
 	return rejected, false, true, nil
 }
 
-// fresh reports whether g's token was obtained by a refresh that a 401 triggered, and no
-// answer other than 401 has vouched for it since: a 401 to it shows that a new token did not
-// cure the 401s. (A token merely issued recently is not enough: one revoked at Pleo right
-// after it was issued is cured by a refresh, and must be.)
+// probationEntry is the token a 401-triggered refresh obtained, and how many such refreshes
+// in a row came before it with no answer other than 401 in between.
+type probationEntry struct {
+	hash    [32]byte
+	strikes int
+}
+
+// fresh reports whether g's token is the second or later in a row that a refresh triggered by
+// a 401 obtained, with no answer other than 401 since: a 401 to it shows that new tokens do
+// not cure the 401s. One is not enough: a token revoked at Pleo is cured by a refresh, and
+// must be, even if the revocation happened to hit a token just refreshed after another.
 func (b *Broker) fresh(c Credential, g Grant) bool {
-	h, ok := b.probation.Load(c.CompanyID)
-	return ok && h.([32]byte) == grantHash(g)
+	v, ok := b.probation.Load(c.CompanyID)
+	return ok && v.(probationEntry).hash == grantHash(g) && v.(probationEntry).strikes >= 1
 }
 
 // onProbation records that g was obtained from the token endpoint by a refresh that a 401
-// triggered (not adopted from another replica's refresh): if the upstream
-// answers 401 to it too, a refresh did not help, and the next 401 starts a cool-down.
+// triggered (not adopted from another replica's refresh); a company still on probation
+// (its last such token got no other answer) gets a strike more.
 func (b *Broker) onProbation(companyID string, g Grant) {
-	if _, loaded := b.probation.Swap(companyID, grantHash(g)); !loaded {
+	next := probationEntry{hash: grantHash(g)}
+	if v, ok := b.probation.Load(companyID); ok {
+		next.strikes = v.(probationEntry).strikes + 1
+	}
+	if _, loaded := b.probation.Swap(companyID, next); !loaded {
 		b.probations.Add(1)
 	}
 }
@@ -209,7 +220,7 @@ func (b *Broker) Accepted(ctx context.Context, companyID string, g Grant) {
 	if !g.cooling && b.probations.Load() == 0 {
 		return
 	}
-	if h, ok := b.probation.Load(companyID); ok && h.([32]byte) == grantHash(g) && b.probation.CompareAndDelete(companyID, h) {
+	if v, ok := b.probation.Load(companyID); ok && v.(probationEntry).hash == grantHash(g) && b.probation.CompareAndDelete(companyID, v) {
 		b.probations.Add(-1)
 	}
 	if !g.cooling {

@@ -316,7 +316,13 @@ func TestProbationTokenRotatedByAnotherReplica(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g1, retry, err := e.broker.Reauthorize(ctx, company, g0) // a 401: refreshed, g1 on probation
+	// Two 401s in a row, each refreshed: g1 is the second such token, whose 401 would start a
+	// cool-down.
+	g01, retry, err := e.broker.Reauthorize(ctx, company, g0)
+	if err != nil || !retry {
+		t.Fatalf("Reauthorize: %v, %v", retry, err)
+	}
+	g1, retry, err := e.broker.Reauthorize(ctx, company, g01)
 	if err != nil || !retry {
 		t.Fatalf("Reauthorize: %v, %v", retry, err)
 	}
@@ -360,6 +366,23 @@ func TestRevokedTokenStillRefreshes(t *testing.T) {
 		if st := e.call(e.broker, company, "/v1/x"); st != http.StatusOK {
 			t.Fatalf("revocation %d: status %d, want a refresh and a 200", i, st)
 		}
+	}
+	// A revocation that hits the token a 401 just obtained, before anything used it.
+	ctx := context.Background()
+	g0, err := e.broker.Authorize(ctx, company)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g1, retry, err := e.broker.Reauthorize(ctx, company, g0)
+	if err != nil || !retry {
+		t.Fatalf("Reauthorize: %v, %v", retry, err)
+	}
+	srv.RevokeAccessTokens(company)
+	if st := e.send(g1, "/v1/x"); st != http.StatusUnauthorized {
+		t.Fatalf("revoked token: %d", st)
+	}
+	if _, retry, err := e.broker.Reauthorize(ctx, company, g1); err != nil || !retry {
+		t.Fatalf("a revoked token just refreshed after a 401: retry %v, %v; want a refresh", retry, err)
 	}
 	if got := e.skipped(metrics.SkipUnauthorizedCooldown); got != 0 {
 		t.Fatalf("%v refreshes skipped", got)
