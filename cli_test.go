@@ -332,7 +332,6 @@ func TestCLIImportAllOrNothing(t *testing.T) {
 	rec := func(n int, tenant string) string {
 		return fmt.Sprintf(`{"company_id": %q, "tenant_id": %q, "type": "integrated_api_key", "api_key": "new-key-%d"}`, cliCompany(n), tenant, n)
 	}
-	encrypted, _ := os.ReadFile(path)
 	cases := []struct {
 		name, doc, want string
 	}{
@@ -340,7 +339,6 @@ func TestCLIImportAllOrNothing(t *testing.T) {
 		{"tenant taken by a stored company", `{"credentials": [` + rec(2, "") + `, ` + rec(3, "tenant-1") + `]}`, "tenant_id is already used"},
 		{"duplicate company", `{"credentials": [` + rec(2, "") + `, ` + rec(2, "x") + `]}`, "duplicates record 0"},
 		{"unknown field", `{"credentials": [` + rec(2, "") + `], "extra": 1}`, "unknown field"},
-		{"an encrypted store file", string(encrypted), "encrypted store file"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

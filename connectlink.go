@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/expirable"
@@ -24,11 +25,16 @@ var errNoConnectKey = errors.New("PLEO_PROXY_CONNECT_KEY: no connect link key: s
 // linkKeys returns the keys of signed connect links: PLEO_PROXY_CONNECT_KEY's, else one
 // derived from each PLEO_PROXY_ENCRYPTION_KEY (newest first, so the newest signs), else none.
 func linkKeys(cfg *config.Config) ([][]byte, error) {
-	if len(cfg.ConnectKeys) > 0 {
-		return cfg.ConnectKeys, nil
+	return linkKeysFrom(cfg.ConnectKeys, cfg.EncryptionKeys)
+}
+
+// linkKeysFrom is linkKeys over the keys as last read.
+func linkKeysFrom(connectKeys, encryptionKeys [][]byte) ([][]byte, error) {
+	if len(connectKeys) > 0 {
+		return connectKeys, nil
 	}
-	keys := make([][]byte, 0, len(cfg.EncryptionKeys))
-	for _, k := range cfg.EncryptionKeys {
+	keys := make([][]byte, 0, len(encryptionKeys))
+	for _, k := range encryptionKeys {
 		d, err := connect.DeriveLinkKey(k)
 		if err != nil {
 			return nil, err
@@ -45,6 +51,30 @@ func newLinks(cfg *config.Config) (*connect.Links, error) {
 		return nil, err
 	}
 	return connect.NewLinks(keys, nil)
+}
+
+// followKeys makes the signer follow reloaded key files: PLEO_PROXY_CONNECT_KEY_FILE, or
+// PLEO_PROXY_ENCRYPTION_KEY_FILE when the link keys are derived from it. Links signed under
+// the old keys stop verifying once the new file drops them, as at a restart.
+func (c *connectLinks) followKeys(live *liveSecrets, log *slog.Logger) {
+	if c == nil {
+		return
+	}
+	update := func() {
+		keys, err := linkKeysFrom(live.connectKeys.Load(), live.encryptionKeys.Load())
+		if err == nil && len(keys) > 0 {
+			err = c.links.SetKeys(keys)
+		}
+		if err != nil {
+			log.Error("connect link keys not changed", "error", err)
+		}
+	}
+	live.connectKeys.OnChange(func([][]byte) { update() })
+	live.encryptionKeys.OnChange(func([][]byte) {
+		if len(live.connectKeys.Load()) == 0 {
+			update()
+		}
+	})
 }
 
 // connectLinks mints links on the connect listener's public address: the scheme and host of

@@ -24,7 +24,7 @@ import (
 
 // Usage lines of the credentials subcommands.
 const (
-	usageImport     = "usage: credentials import [--env-file PATH] [--replace] FILE|-"
+	usageImport     = "usage: credentials import [--env-file PATH] [--replace] [--from-encryption-key-file PATH] FILE|- (an encrypted store file is read with PLEO_PROXY_ENCRYPTION_KEY or the keys in --from-encryption-key-file)"
 	usageList       = "usage: credentials list [--env-file PATH] [--json]"
 	usageDelete     = "usage: credentials delete [--env-file PATH] COMPANY_ID\n(removes it from the store only: Pleo still honours the grant; see credentials disconnect)"
 	usageDisconnect = "usage: credentials disconnect [--env-file PATH] (--company ID | --tenant T) [--force]\n(revokes the installation at Pleo with DELETE /v1/installations/me, then removes the credential; --force removes it even when Pleo does not confirm)"
@@ -49,13 +49,15 @@ func credentialsCommands() []*command {
 		credentialsCommand("put", usagePut, "store one API key, read from --key-file or standard input (never the command line); "+
 			"--discover-company learns the company from GET {upstream}/v1/installations/me", (*credCmd).put),
 		credentialsCommand("rotate-key", usageRotateKey, "re-seal every stored secret with the newest encryption key", (*credCmd).rotateKey),
+		credentialsCommand("migrate", usageMigrate, "copy every credential to another store, all or nothing, and check every record there", (*credCmd).migrate),
+		credentialsCommand("export", usageExport, "print every credential, secrets in the clear, as an import document (needs --reveal-secrets)", (*credCmd).export),
 	}
 }
 
 // credentialsCommand declares one credentials subcommand run by fn.
 func credentialsCommand(name, usage, summary string, fn func(c *credCmd, args []string) error) *command {
 	return &command{name: name, usage: usage, summary: summary, run: func(ctx context.Context, inv invocation) error {
-		c := credCmd{ctx: ctx, environ: inv.environ, stdin: inv.stdin, stdout: inv.stdout}
+		c := credCmd{ctx: ctx, environ: inv.environ, stdin: inv.stdin, stdout: inv.stdout, stderr: inv.stderr}
 		return fn(&c, inv.args)
 	}}
 }
@@ -65,8 +67,17 @@ type credCmd struct {
 	environ []string
 	stdin   io.Reader
 	stdout  io.Writer
+	stderr  io.Writer // warnings; nil discards them
 	envFile string
 	cfg     *config.Config
+}
+
+// stderrW is where warnings go.
+func (c *credCmd) stderrW() io.Writer {
+	if c.stderr == nil {
+		return io.Discard
+	}
+	return c.stderr
 }
 
 // flags returns a flag set with the common --env-file.
@@ -94,7 +105,13 @@ func (c *credCmd) config() (*config.Config, error) {
 }
 
 // open loads the configuration and opens the configured store, encrypted when a key is set.
+// A plain credentials file with a key configured is refused (credentials.ErrPlaintextWithKey).
 func (c *credCmd) open() (credentials.Store, error) {
+	return c.openStore(false)
+}
+
+// openStore is open; allowPlain reads a plain file despite a key (rotate-key encrypts it).
+func (c *credCmd) openStore(allowPlain bool) (credentials.Store, error) {
 	cfg, err := c.config()
 	if err != nil {
 		return nil, err
@@ -103,7 +120,21 @@ func (c *credCmd) open() (credentials.Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return credentials.Open(cfg.Store, credentials.OpenOptions{PollInterval: time.Hour, Sealer: sealer})
+	return openCLIStore(c.ctx, cfg.Store, sealer, allowPlain)
+}
+
+// openCLIStore opens a store for a command: unlike the server, which keeps running on a
+// store that cannot be read (not ready), a command fails at once when Ping does.
+func openCLIStore(ctx context.Context, url string, sealer *credentials.Sealer, allowPlain bool) (credentials.Store, error) {
+	store, err := credentials.Open(url, credentials.OpenOptions{PollInterval: time.Hour, Sealer: sealer, AllowPlain: allowPlain})
+	if err != nil {
+		return nil, err
+	}
+	if err := store.Ping(ctx); err != nil {
+		store.Close()
+		return nil, err
+	}
+	return store, nil
 }
 
 // newSealer returns the Sealer for PLEO_PROXY_ENCRYPTION_KEY, or nil when no key is set.
@@ -121,6 +152,7 @@ func newSealer(cfg *config.Config) (*credentials.Sealer, error) {
 func (c *credCmd) importCmd(args []string) error {
 	fs := c.flags("import")
 	replace := fs.Bool("replace", false, "replace the whole store")
+	keyFile := fs.String("from-encryption-key-file", "", "keys of an encrypted document (default: PLEO_PROXY_ENCRYPTION_KEY or _FILE)")
 	if help, err := c.parse(fs, args, usageImport); help || err != nil {
 		return err
 	}
@@ -148,16 +180,33 @@ func (c *credCmd) importCmd(args []string) error {
 		var peek struct {
 			Encryption json.RawMessage `json:"encryption"`
 		}
-		if json.Unmarshal(data, &peek) == nil && peek.Encryption != nil {
-			return errors.New("import: nothing written: this is an encrypted store file; import takes the plain format (interface.md section 4)")
+		if json.Unmarshal(data, &peek) != nil || peek.Encryption == nil {
+			return fmt.Errorf("import: nothing written: %w", err)
 		}
-		return fmt.Errorf("import: nothing written: %w", err)
+		// An encrypted store file (a copy of the file store): read it with its keys.
+		keys, err := c.migrateKeys(*keyFile, "--from-encryption-key-file")
+		if err != nil {
+			return err
+		}
+		sealer, err := sealerFor(keys)
+		if err != nil {
+			return fmt.Errorf("import: nothing written: %w", err)
+		}
+		if creds, err = credentials.ParseFile(data, sealer); err != nil {
+			return fmt.Errorf("import: nothing written: %w", err)
+		}
 	}
 	store, err := c.open()
 	if err != nil {
 		return err
 	}
 	defer store.Close()
+	existing, err := store.List(c.ctx)
+	if err != nil {
+		return fmt.Errorf("import: nothing written: %w", err)
+	}
+	// Import replaces the stored records (its contract); it warns about each older one.
+	newerWins(creds, existing, true, c.stderrW(), "import")
 	if err := store.PutAll(c.ctx, creds, *replace); err != nil {
 		return fmt.Errorf("import: nothing written: %w", err)
 	}
@@ -449,7 +498,8 @@ func (c *credCmd) rotateKey(args []string) error {
 	if len(cfg.EncryptionKeys) == 0 {
 		return errors.New("rotate-key: no encryption key is configured: set PLEO_PROXY_ENCRYPTION_KEY (or _FILE) to NEW,OLD, newest first")
 	}
-	store, err := c.open()
+	store, err := c.openStore(true) // a plain file is encrypted on purpose
+
 	if err != nil {
 		return err
 	}

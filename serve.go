@@ -27,6 +27,7 @@ import (
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/metrics"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/proxy"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/redact"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/secretfile"
 )
 
 // loadConfig reads --env-file (the process environment wins) and parses the configuration.
@@ -66,7 +67,7 @@ func durationText(_ []string, a slog.Attr) slog.Attr {
 
 // configSecrets lists the configuration's secret values, for redaction by value.
 func configSecrets(cfg *config.Config) []string {
-	out := []string{cfg.OAuthClientSecret.Reveal(), cfg.AdminToken.Reveal()}
+	out := []string{cfg.OAuthClientSecret.Reveal(), cfg.AdminToken.Reveal(), cfg.EventsKey.Reveal()}
 	for _, t := range cfg.ClientTokens {
 		out = append(out, t.Reveal())
 	}
@@ -126,9 +127,18 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 
 	reg := metrics.NewRegistry()
 	m := metrics.New(reg)
+	// Secret files are polled as often as the file store is.
+	secretWatch := secretfile.NewWatcher(secretfile.Options{Interval: cfg.StorePollInterval, Logger: log, OnReload: m.SecretReload})
+	live := watchSecrets(secretWatch, cfg, secrets)
 	sealer, err := newSealer(cfg)
 	if err != nil {
 		return err
+	}
+	if sealer != nil {
+		if err := sealer.SetKeys(live.encryptionKeys.Load()); err != nil { // the file as read now
+			return fmt.Errorf("PLEO_PROXY_ENCRYPTION_KEY: %w", err)
+		}
+		live.encryptionKeys.OnChange(func(keys [][]byte) { _ = sealer.SetKeys(keys) }) // validated by the parse
 	}
 	memLimit, memSource := applyMemoryLimit(cfg.MemoryLimit, memlimit.FromCgroup, log)
 	rawStore, err := credentials.Open(cfg.Store, credentials.OpenOptions{
@@ -151,6 +161,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
+	links.followKeys(live, log)
 	notifier, err := newNotifier(cfg, rawStore, links, log, metrics.NewEvents(reg))
 	if err != nil {
 		return err
@@ -159,9 +170,10 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		Store:     store,
 		CacheSize: cfg.CacheSize,
 		OAuth: credentials.OAuthClient{
-			ClientID:     cfg.OAuthClientID,
-			ClientSecret: cfg.OAuthClientSecret,
-			TokenURL:     cfg.OAuthTokenURL.String(),
+			ClientID:           cfg.OAuthClientID,
+			ClientSecret:       cfg.OAuthClientSecret,
+			ClientSecretSource: live.clientSecret.Load,
+			TokenURL:           cfg.OAuthTokenURL.String(),
 		},
 		RefreshBefore:     cfg.RefreshBefore,
 		TokenTimeout:      cfg.TokenTimeout,
@@ -175,6 +187,13 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		return err
 	}
 	defer broker.Close()
+	live.clientSecret.OnChange(func(credentials.Secret) {
+		// Companies backed off after the old secret was refused (invalid_client): try the
+		// new one now rather than at the end of each back-off, where the broker can.
+		if r, ok := any(broker).(interface{ ResetBackoff() }); ok {
+			r.ResetBackoff()
+		}
+	})
 
 	upstreamTransport := proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)
 	handler, err := proxy.New(proxy.Options{
@@ -184,7 +203,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		CompanyHeader:    cfg.CompanyHeader,
 		TenantHeader:     cfg.TenantHeader,
 		DefaultCompanyID: cfg.DefaultCompanyID,
-		ClientTokens:     clientTokens(cfg),
+		ClientTokens:     clientTokens(cfg, live.clientTokens.Load()),
 		MaxReplayBytes:   cfg.MaxReplayBytes,
 		Transport:        upstreamTransport,
 		Logger:           log,
@@ -194,6 +213,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
+	live.clientTokens.OnChange(func(tokens []credentials.Secret) { handler.SetClientTokens(clientTokens(cfg, tokens)) })
 	adminHandler := admin.New(admin.Options{
 		Gatherer: reg,
 		Checks: []admin.Check{
@@ -210,7 +230,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 			Client: &http.Client{Timeout: cfg.UpstreamTimeout, Transport: upstreamTransport,
 				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 			OnDisconnected: func(c credentials.Credential) { notifier.Notify(c, events.Disconnected) }}},
-		AdminToken:  cfg.AdminToken,
+		AdminToken:  live.adminToken.Load(),
 		ConnectLink: links.mint(),
 		EnablePprof: cfg.EnablePprof,
 		Logger:      log,
@@ -229,7 +249,8 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	dataSrv := proxy.NewServer(handler, log)
 	adminSrv := &http.Server{Handler: adminHandler, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 60 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10, ErrorLog: errLog}
-	connectSrv, connectLn, err := newConnectServer(cfg, mock, store, links, log, m, secrets, errLog, notifier)
+	live.adminToken.OnChange(adminHandler.SetAdminToken)
+	connectSrv, connectLn, err := newConnectServer(cfg, live, mock, store, links, log, m, secrets, errLog, notifier)
 	if err != nil {
 		dataLn.Close()
 		adminLn.Close()
@@ -243,6 +264,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	bg, stopBg := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBg()
 	go broker.Run(bg, 0)
+	go secretWatch.Run(bg)
 	notifierDone := make(chan struct{})
 	go func() { notifier.Run(bg); close(notifierDone) }()
 
@@ -342,7 +364,7 @@ func shutdownDelay(delay time.Duration, hurry <-chan os.Signal, serveErr <-chan 
 
 // newConnectServer binds PLEO_PROXY_CONNECT_ADDR and builds the consent flow's server, or
 // returns nils when the address is empty (the flow is off).
-func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store, links *connectLinks, logger *slog.Logger,
+func newConnectServer(cfg *config.Config, live *liveSecrets, mock *devPleo, store credentials.Store, links *connectLinks, logger *slog.Logger,
 	m *metrics.Metrics, secrets *redact.Set, errLog *log.Logger, notifier *events.Notifier) (*http.Server, net.Listener, error) {
 	if cfg.ConnectAddr == "" {
 		return nil, nil, nil
@@ -362,23 +384,24 @@ func newConnectServer(cfg *config.Config, mock *devPleo, store credentials.Store
 			"a flow must end on the replica that started it")
 	}
 	h, err := connect.New(connect.Options{
-		ClientID:      cfg.OAuthClientID,
-		ClientSecret:  cfg.OAuthClientSecret,
-		AuthorizeURL:  cfg.OAuthAuthorizeURL,
-		TokenURL:      cfg.OAuthTokenURL,
-		RedirectURL:   cfg.OAuthRedirectURL,
-		Scopes:        cfg.OAuthScopes,
-		SuccessURL:    cfg.ConnectSuccessURL,
-		Upstream:      cfg.UpstreamURL,
-		Store:         store,
-		StateKeys:     cfg.EncryptionKeys,
-		Links:         links.signer(),
-		UnsignedLinks: cfg.ConnectUnsignedLinks,
-		HTTPClient:    &http.Client{Timeout: cfg.TokenTimeout, Transport: proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)},
-		Logger:        logger.With("listener", "connect"),
-		Metrics:       m,
-		Secrets:       secrets,
-		OnConnected:   func(c credentials.Credential) { notifier.Notify(c, events.Connected) },
+		ClientID:           cfg.OAuthClientID,
+		ClientSecret:       cfg.OAuthClientSecret,
+		ClientSecretSource: live.clientSecret.Load,
+		AuthorizeURL:       cfg.OAuthAuthorizeURL,
+		TokenURL:           cfg.OAuthTokenURL,
+		RedirectURL:        cfg.OAuthRedirectURL,
+		Scopes:             cfg.OAuthScopes,
+		SuccessURL:         cfg.ConnectSuccessURL,
+		Upstream:           cfg.UpstreamURL,
+		Store:              store,
+		StateKeys:          cfg.EncryptionKeys,
+		Links:              links.signer(),
+		UnsignedLinks:      cfg.ConnectUnsignedLinks,
+		HTTPClient:         &http.Client{Timeout: cfg.TokenTimeout, Transport: proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)},
+		Logger:             logger.With("listener", "connect"),
+		Metrics:            m,
+		Secrets:            secrets,
+		OnConnected:        func(c credentials.Credential) { notifier.Notify(c, events.Connected) },
 	})
 	if err != nil {
 		ln.Close()
@@ -430,11 +453,13 @@ func reconnectHook(store credentials.Store, links *connectLinks) func(string) st
 	return reconnectURLs(store, *links)
 }
 
-func clientTokens(cfg *config.Config) []credentials.Secret {
-	if cfg.ListenIsLoopback() && len(cfg.ClientTokens) == 0 {
+// clientTokens returns the client tokens the data listener requires: tokens (the configured
+// ones, as last read), or none on loopback without any.
+func clientTokens(cfg *config.Config, tokens []credentials.Secret) []credentials.Secret {
+	if cfg.ListenIsLoopback() && len(tokens) == 0 {
 		return nil
 	}
-	return cfg.ClientTokens
+	return tokens
 }
 
 // brokerStatus joins the store's list with the broker's derived states for /credentials.

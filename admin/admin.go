@@ -73,8 +73,7 @@ type Handler struct {
 	checks       []Check
 	creds        CredentialStatus
 	remover      CredentialRemover
-	tokenHash    [32]byte
-	tokenSet     bool
+	tokenHash    atomic.Pointer[[32]byte] // the admin token's SHA-256; nil: the endpoint is off
 	connectLink  func(tenant string, ttl time.Duration) (string, time.Time, error)
 	shuttingDown atomic.Bool
 	log          *slog.Logger
@@ -87,10 +86,7 @@ func New(opts Options) *Handler {
 	}
 	h := &Handler{mux: http.NewServeMux(), checks: opts.Checks, creds: opts.Credentials, remover: opts.Remover, log: opts.Logger,
 		connectLink: opts.ConnectLink}
-	if !opts.AdminToken.IsZero() {
-		h.tokenSet = true
-		h.tokenHash = sha256.Sum256([]byte(opts.AdminToken.Reveal()))
-	}
+	h.SetAdminToken(opts.AdminToken)
 	if opts.Gatherer != nil {
 		h.mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{
 			ErrorLog: slog.NewLogLogger(opts.Logger.Handler(), slog.LevelWarn),
@@ -151,7 +147,7 @@ type credentialView struct {
 }
 
 func (h *Handler) credentials(w http.ResponseWriter, r *http.Request) {
-	if !h.tokenSet || h.creds == nil {
+	if h.tokenHash.Load() == nil || h.creds == nil {
 		http.NotFound(w, r)
 		return
 	}
@@ -200,7 +196,7 @@ func (h *Handler) credentials(w http.ResponseWriter, r *http.Request) {
 // installation at Pleo first (and keeps the credential when Pleo does not confirm, unless
 // &force=true); without it, it removes the credential from the store only.
 func (h *Handler) removeCredential(w http.ResponseWriter, r *http.Request) {
-	if !h.tokenSet || h.remover == nil {
+	if h.tokenHash.Load() == nil || h.remover == nil {
 		http.NotFound(w, r)
 		return
 	}
@@ -254,8 +250,23 @@ func (h *Handler) authorized(r *http.Request) bool {
 	if len(v) <= len(prefix) || !strings.EqualFold(v[:len(prefix)], prefix) {
 		return false
 	}
+	want := h.tokenHash.Load()
+	if want == nil {
+		return false
+	}
 	got := sha256.Sum256([]byte(v[len(prefix):]))
-	return subtle.ConstantTimeCompare(got[:], h.tokenHash[:]) == 1
+	return subtle.ConstantTimeCompare(got[:], want[:]) == 1
+}
+
+// SetAdminToken replaces the admin token (a reloaded PLEO_PROXY_ADMIN_TOKEN_FILE): requests
+// after it returns need the new one. An empty token turns GET /credentials off.
+func (h *Handler) SetAdminToken(token credentials.Secret) {
+	if token.IsZero() {
+		h.tokenHash.Store(nil)
+		return
+	}
+	sum := sha256.Sum256([]byte(token.Reveal()))
+	h.tokenHash.Store(&sum)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

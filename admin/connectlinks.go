@@ -32,7 +32,7 @@ type connectLinkResponse struct {
 // connectLinks answers POST /connect-links: a signed consent link for a tenant, for the
 // integration to hand to its logged-in user. Bearer ADMIN_TOKEN, like /credentials.
 func (h *Handler) connectLinks(w http.ResponseWriter, r *http.Request) {
-	if !h.tokenSet || h.connectLink == nil {
+	if h.tokenHash.Load() == nil || h.connectLink == nil {
 		http.NotFound(w, r)
 		return
 	}

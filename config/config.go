@@ -171,7 +171,8 @@ type Config struct {
 	// LogLevel is the least severe level logged (PLEO_PROXY_LOG_LEVEL).
 	LogLevel slog.Level
 
-	// TokenTimeout bounds one call to the OAuth token endpoint (PLEO_PROXY_TOKEN_TIMEOUT).
+	// TokenTimeout is how long callers wait for the OAuth token endpoint's answer, and the unit
+	// of a refresh's other deadlines (PLEO_PROXY_TOKEN_TIMEOUT; see credentials.BrokerOptions).
 	TokenTimeout time.Duration
 	// ShutdownTimeout bounds the graceful shutdown (PLEO_PROXY_SHUTDOWN_TIMEOUT).
 	ShutdownTimeout time.Duration
@@ -183,6 +184,19 @@ type Config struct {
 	StorePollInterval time.Duration
 	// EnablePprof serves net/http/pprof on the admin listener (PLEO_PROXY_ENABLE_PPROF).
 	EnablePprof bool
+
+	// The paths of the secrets given as files (PLEO_PROXY_OAUTH_CLIENT_SECRET_FILE,
+	// PLEO_PROXY_ADMIN_TOKEN_FILE, PLEO_PROXY_CLIENT_TOKENS_FILE,
+	// PLEO_PROXY_ENCRYPTION_KEY_FILE, PLEO_PROXY_CONNECT_KEY_FILE), empty when the secret is
+	// given directly or not at all. The server re-reads them when they change (package
+	// secretfile), parsing the new content with ParseOAuthClientSecretFile,
+	// ParseAdminTokenFile, ParseClientTokensFile, ParseEncryptionKeyFile and
+	// ParseConnectKeyFile.
+	OAuthClientSecretFile string
+	AdminTokenFile        string
+	ClientTokensFile      string
+	EncryptionKeyFile     string
+	ConnectKeyFile        string
 }
 
 // minEventsKeyBytes is the shortest PLEO_PROXY_EVENTS_KEY (events.MinKeyBytes).
@@ -354,6 +368,11 @@ func Parse(environ map[string]string) (*Config, error) {
 	c.AdminAddr = p.hostPort("ADMIN_ADDR", r.AdminAddr)
 	c.Store = p.store("STORE", r.Store)
 	c.EncryptionKeys = p.encryptionKeys("ENCRYPTION_KEY")
+	c.OAuthClientSecretFile = r.OAuthClientSecretFile
+	c.AdminTokenFile = r.AdminTokenFile
+	c.ClientTokensFile = r.ClientTokensFile
+	c.EncryptionKeyFile = r.EncryptionKeyFile
+	c.ConnectKeyFile = r.ConnectKeyFile
 	c.OAuthClientID = r.OAuthClientID
 	c.OAuthClientSecret = credentials.Secret(p.secret("OAUTH_CLIENT_SECRET"))
 	c.OAuthTokenURL = p.url("OAUTH_TOKEN_URL", r.OAuthTokenURL, defaults.token, false)

@@ -705,3 +705,42 @@ func TestMemoryLimit(t *testing.T) {
 		t.Errorf("defaults: MemoryLimit %v, UpstreamMaxConns %d, MaxClientConns %d; want auto, 256, 256", got.MemoryLimit, got.UpstreamMaxConns, got.MaxClientConns)
 	}
 }
+
+// The parsers of a reloaded secret file apply Parse's checks, name the _FILE variable, and
+// never quote the content.
+func TestParseSecretFiles(t *testing.T) {
+	key := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, EncryptionKeySize))
+	key2 := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{8}, EncryptionKeySize))
+	if s, err := ParseOAuthClientSecretFile([]byte("s3cret-value\n")); err != nil || s.Reveal() != "s3cret-value" {
+		t.Fatalf("client secret: %q %v", s.Reveal(), err)
+	}
+	if tokens, err := ParseClientTokensFile([]byte("tok-a\ntok-b,tok-a\n")); err != nil || len(tokens) != 2 {
+		t.Fatalf("client tokens: %d %v", len(tokens), err)
+	}
+	if keys, err := ParseEncryptionKeyFile([]byte(key2 + "\n" + key + "\n")); err != nil || len(keys) != 2 || keys[0][0] != 8 {
+		t.Fatalf("keys: %d %v", len(keys), err)
+	}
+	bad := []struct {
+		name  string
+		parse func([]byte) error
+		data  string
+		want  string
+	}{
+		{"empty client secret", func(b []byte) error { _, err := ParseOAuthClientSecretFile(b); return err }, " \n", "PLEO_PROXY_OAUTH_CLIENT_SECRET_FILE: the file is empty"},
+		{"admin token with a space", func(b []byte) error { _, err := ParseAdminTokenFile(b); return err }, "adm in-secret", "PLEO_PROXY_ADMIN_TOKEN_FILE: contains a space"},
+		{"client token with a space", func(b []byte) error { _, err := ParseClientTokensFile(b); return err }, "ok-token\nbad secret", "PLEO_PROXY_CLIENT_TOKENS_FILE: token 2"},
+		{"key not base64", func(b []byte) error { _, err := ParseEncryptionKeyFile(b); return err }, "not-base64-secret!", "PLEO_PROXY_ENCRYPTION_KEY_FILE: the key is not standard base64"},
+		{"short key", func(b []byte) error { _, err := ParseEncryptionKeyFile(b); return err }, key + "," + base64.StdEncoding.EncodeToString([]byte("short-secret")), "PLEO_PROXY_ENCRYPTION_KEY_FILE: key 2 of 2 decodes to 12 bytes"},
+		{"empty key file", func(b []byte) error { _, err := ParseEncryptionKeyFile(b); return err }, "\n", "PLEO_PROXY_ENCRYPTION_KEY_FILE: the file is empty"},
+	}
+	for _, tc := range bad {
+		err := tc.parse([]byte(tc.data))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+			continue
+		}
+		if strings.Contains(err.Error(), "secret") {
+			t.Errorf("%s: the error quotes the content: %v", tc.name, err)
+		}
+	}
+}

@@ -58,6 +58,9 @@ type Options struct {
 	// token endpoint by HTTP Basic only.
 	ClientID     string
 	ClientSecret credentials.Secret
+	// ClientSecretSource, if set, returns the client secret for each code exchange instead
+	// of ClientSecret (a secret file re-read while the process runs).
+	ClientSecretSource func() credentials.Secret
 	// AuthorizeURL and TokenURL are Pleo's authorisation and token endpoints.
 	AuthorizeURL *url.URL
 	TokenURL     *url.URL
@@ -106,6 +109,7 @@ type Options struct {
 // Handler serves GET /connect and the callback. Every other path is 404.
 type Handler struct {
 	oauth        *oauth2.Config
+	clientSecret func() credentials.Secret // the current client secret, or nil: oauth's
 	callbackPath string
 	success      *url.URL
 	secureCookie bool
@@ -178,6 +182,7 @@ func New(opts Options) (*Handler, error) {
 			RedirectURL: redirect,
 			Scopes:      append([]string(nil), opts.Scopes...),
 		},
+		clientSecret: opts.ClientSecretSource,
 		callbackPath: callback,
 		success:      opts.SuccessURL,
 		secureCookie: opts.RedirectURL.Scheme == "https",
@@ -429,7 +434,13 @@ func (h *Handler) complete(ctx context.Context, r *http.Request) (tenant, compan
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), completionTimeout)
 	defer cancel()
 	ctx = context.WithValue(ctx, oauth2.HTTPClient, h.client)
-	tok, err := h.oauth.Exchange(ctx, code, oauth2.VerifierOption(st.Verifier))
+	conf := h.oauth
+	if h.clientSecret != nil {
+		c := *conf
+		c.ClientSecret = h.clientSecret().Reveal()
+		conf = &c
+	}
+	tok, err := conf.Exchange(ctx, code, oauth2.VerifierOption(st.Verifier))
 	if err != nil {
 		return st.Tenant, "", exchangeFailure(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
+	"sync/atomic"
 	"time"
 )
 
@@ -77,27 +78,39 @@ func DeriveLinkKey(encryptionKey []byte) ([]byte, error) {
 // Links signs and verifies connect links. The first key signs; any verifies, so a key can be
 // rotated by putting the new one first and dropping the old once its links have expired.
 type Links struct {
-	keys [][]byte
+	keys atomic.Pointer[[][]byte]
 	now  func() time.Time
 }
 
 // NewLinks builds a signer over keys (each at least MinLinkKeySize bytes); now is the clock
 // (nil: time.Now).
 func NewLinks(keys [][]byte, now func() time.Time) (*Links, error) {
-	if len(keys) == 0 {
-		return nil, errors.New("connect: a link key is required")
-	}
 	l := &Links{now: now}
 	if l.now == nil {
 		l.now = time.Now
 	}
-	for i, k := range keys {
-		if len(k) < MinLinkKeySize {
-			return nil, fmt.Errorf("connect: link key %d is %d bytes, want at least %d", i+1, len(k), MinLinkKeySize)
-		}
-		l.keys = append(l.keys, append([]byte(nil), k...))
+	if err := l.SetKeys(keys); err != nil {
+		return nil, err
 	}
 	return l, nil
+}
+
+// SetKeys replaces the keys (a rotated PLEO_PROXY_CONNECT_KEY_FILE), each at least
+// MinLinkKeySize bytes: the first signs from now on, any verifies. On an error the keys in use
+// stay.
+func (l *Links) SetKeys(keys [][]byte) error {
+	if len(keys) == 0 {
+		return errors.New("connect: a link key is required")
+	}
+	own := make([][]byte, 0, len(keys))
+	for i, k := range keys {
+		if len(k) < MinLinkKeySize {
+			return fmt.Errorf("connect: link key %d is %d bytes, want at least %d", i+1, len(k), MinLinkKeySize)
+		}
+		own = append(own, append([]byte(nil), k...))
+	}
+	l.keys.Store(&own)
+	return nil
 }
 
 // RandomLinks is a signer under a fresh random key: links it signs are valid in this process
@@ -146,7 +159,7 @@ func (l *Links) Sign(tenant string, ttl time.Duration) (url.Values, time.Time, e
 	}
 	exp := strconv.FormatInt(expires.Unix(), 10)
 	nonce := base64.RawURLEncoding.EncodeToString(n[:])
-	sig := linkMAC(l.keys[0], tenant, exp, nonce)
+	sig := linkMAC((*l.keys.Load())[0], tenant, exp, nonce)
 	return url.Values{
 		LinkTenantParam:  {tenant},
 		LinkExpiresParam: {exp},
@@ -197,7 +210,7 @@ func (l *Links) Verify(rawQuery string) (string, error) {
 		return "", ErrLinkInvalid
 	}
 	ok := false
-	for _, k := range l.keys {
+	for _, k := range *l.keys.Load() {
 		// Every key is tried, so the time taken does not say which one matched.
 		if hmac.Equal(sig, linkMAC(k, tenant, exp, nonce)) {
 			ok = true

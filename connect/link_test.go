@@ -98,8 +98,8 @@ func TestLinkVerify(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := testenv.NewClock(clock.Now().Add(tt.advance))
-			v := *tt.verify
-			v.now = c.Now
+			v := &Links{now: c.Now}
+			v.keys.Store(tt.verify.keys.Load())
 			tenant, err := v.Verify(tt.query)
 			if !errors.Is(err, tt.want) || (tt.want == nil) != (err == nil) {
 				t.Fatalf("Verify: %v, want %v", err, tt.want)
@@ -217,5 +217,42 @@ func BenchmarkLinkVerify(b *testing.B) {
 		if _, err := l.Verify(raw); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestLinksSetKeys: a rotated key file takes effect at once: the new first key signs, every
+// listed key verifies, a dropped key no longer does, and bad keys change nothing.
+func TestLinksSetKeys(t *testing.T) {
+	a, b := bytes.Repeat([]byte{'a'}, 32), bytes.Repeat([]byte{'b'}, 32)
+	l, err := NewLinks([][]byte{a}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	onlyA, _, err := l.Sign("erp-1", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifies := func(q url.Values) bool {
+		_, err := l.Verify(q.Encode())
+		return err == nil
+	}
+	if err := l.SetKeys([][]byte{b, a}); err != nil {
+		t.Fatal(err)
+	}
+	underB, _, _ := l.Sign("erp-1", time.Hour)
+	if !verifies(onlyA) || !verifies(underB) {
+		t.Fatal("after adding a key, a link under the old or the new key does not verify")
+	}
+	if err := l.SetKeys([][]byte{[]byte("short")}); err == nil {
+		t.Fatal("a short key was accepted")
+	}
+	if err := l.SetKeys(nil); err == nil {
+		t.Fatal("no key was accepted")
+	}
+	if err := l.SetKeys([][]byte{b}); err != nil {
+		t.Fatal(err)
+	}
+	if verifies(onlyA) || !verifies(underB) {
+		t.Fatal("after dropping the old key, its link still verifies or the new one does not")
 	}
 }

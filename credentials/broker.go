@@ -36,6 +36,9 @@ type OAuthClient struct {
 	ClientID     string
 	ClientSecret Secret
 	TokenURL     string
+	// ClientSecretSource, if set, returns the client secret to use for each token call,
+	// instead of ClientSecret (a secret file re-read while the process runs).
+	ClientSecretSource func() Secret
 }
 
 // BrokerOptions configures a Broker. Store is required; zero values elsewhere take the
@@ -49,10 +52,14 @@ type BrokerOptions struct {
 	// be refreshed (requests answer token_endpoint_error once their token expires).
 	OAuth OAuthClient
 	// HTTPClient calls the token endpoint (default: a client that never follows redirects).
+	// Its Timeout should be zero: the broker bounds token calls itself, and never cancels
+	// one whose answer has begun to arrive (see tokencall.go).
 	HTTPClient *http.Client
 	// RefreshBefore is how long before expiry a token is refreshed (default 60s; 0 allowed).
 	RefreshBefore time.Duration
-	// TokenTimeout bounds one refresh: token call and store commit (default 10s).
+	// TokenTimeout is how long callers wait for the token endpoint's answer, and the unit of
+	// every other refresh deadline: lock wait, commit, the lease (see refreshBudgets)
+	// (default 10s).
 	TokenTimeout time.Duration
 	// KeepaliveInterval refreshes credentials not refreshed for this long (default 24h).
 	KeepaliveInterval time.Duration
@@ -84,6 +91,7 @@ type Broker struct {
 	store         Store
 	locker        RefreshLocker // the store's cross-process refresh lock, if it has one
 	oauth         *oauth2.Config
+	clientSecret  func() Secret // the current client secret, or nil: oauth's
 	httpClient    *http.Client
 	refreshBefore time.Duration
 	tokenTimeout  time.Duration
@@ -116,6 +124,7 @@ type Broker struct {
 	probation  sync.Map
 	probations atomic.Int64
 	clamped    map[string]bool // companies warned that their tokens live shorter than RefreshBefore
+	unknown    sync.Map        // company -> unknownOutcome: a refresh token presented without an answer read
 
 	stop        context.CancelFunc
 	stopCtx     context.Context
@@ -170,9 +179,11 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if err := newRefreshBudgets(opts.TokenTimeout).validate(); err != nil {
+		return nil, err
+	}
 	if opts.HTTPClient == nil {
 		opts.HTTPClient = &http.Client{
-			Timeout:       opts.TokenTimeout,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		}
 	}
@@ -212,6 +223,7 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 			ClientSecret: opts.OAuth.ClientSecret.Reveal(),
 			Endpoint:     oauth2.Endpoint{TokenURL: opts.OAuth.TokenURL, AuthStyle: oauth2.AuthStyleInHeader},
 		}
+		b.clientSecret = opts.OAuth.ClientSecretSource
 	}
 	if l, ok := opts.Store.(RefreshLocker); ok {
 		b.locker = l
@@ -219,6 +231,17 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 	b.stopCtx, b.stop = context.WithCancel(context.Background())
 	b.unsubscribe = opts.Store.Subscribe(b.invalidate)
 	return b, nil
+}
+
+// oauthConfig is the OAuth client with its secret as last read (a reloaded
+// PLEO_PROXY_OAUTH_CLIENT_SECRET_FILE), a copy: the token call may outlive its caller.
+func (b *Broker) oauthConfig() *oauth2.Config {
+	if b.clientSecret == nil {
+		return b.oauth
+	}
+	c := *b.oauth
+	c.ClientSecret = b.clientSecret().Reveal()
+	return &c
 }
 
 // Close stops background work (write retries). Rotated pairs whose write is still pending are

@@ -17,7 +17,7 @@ type RefreshLocker interface {
 	// refresh lease whose outcome is unknown (its commit failed, or it died mid-exchange):
 	// then nobody may call the token endpoint for this credential until that lease is
 	// resolved (a successful Update of the credential) or expires. The lock lives exactly as
-	// long as the RefreshLock: until Commit or Release, or until the holder's database
+	// long as the RefreshLock: until Commit, Release or Hold, or until the holder's database
 	// connection ends; it has no expiry of its own.
 	LockRefresh(ctx context.Context, companyID string) (RefreshLock, error)
 }
@@ -39,8 +39,13 @@ type RefreshLock interface {
 	// but the lease stays until a later Update of this credential succeeds or the lease
 	// expires, so no other process calls the token endpoint while the outcome is unknown.
 	Commit(ctx context.Context, next Credential) (Credential, error)
-	// Release gives the lock up without storing anything (the token was adopted, or the
-	// exchange failed before the token endpoint answered with new tokens) and clears the
-	// lease. It is safe to call after Commit, as a no-op.
+	// Release gives the lock up without storing anything (the token was adopted, the token
+	// endpoint refused it, or the request never left) and clears the lease. It is safe to
+	// call after Commit or Hold, as a no-op.
 	Release(ctx context.Context) error
+	// Hold gives the lock up and keeps the lease: the refresh token was presented and no
+	// answer was read, so the outcome is unknown. No other process calls the token endpoint
+	// for this credential until a later Update of it succeeds (a late answer stored) or the
+	// lease expires.
+	Hold(ctx context.Context)
 }

@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
+	"sync/atomic"
 )
 
 // The envelope that encrypts a secret at rest (PLEO_PROXY_ENCRYPTION_KEY), shared by every
@@ -64,10 +66,21 @@ const (
 // Sealer encrypts and decrypts secrets with AES-256-GCM. Its first key seals; every key
 // opens, so keys can be rotated: configure NEW,OLD, rewrite everything (credentials
 // rotate-key), then drop OLD. A Sealer is safe for concurrent use.
+//
+// SetKeys replaces the keys while the Sealer is in use (a reloaded
+// PLEO_PROXY_ENCRYPTION_KEY_FILE): every Seal and Open uses one set of keys throughout.
 type Sealer struct {
-	keys []sealerKey // newest first
+	keys  atomic.Pointer[sealerKeys]
+	setMu sync.Mutex // serialises SetKeys
 	// random supplies nonces; nil means crypto/rand (tests set a deterministic source).
 	random io.Reader
+}
+
+// sealerKeys is one set of keys, newest first, and its generation (0 for NewSealer's, one
+// more for every SetKeys).
+type sealerKeys struct {
+	list []sealerKey
+	gen  uint64
 }
 
 type sealerKey struct {
@@ -84,10 +97,39 @@ func KeyID(key []byte) string {
 // NewSealer returns a Sealer for keys, newest first; each is 32 bytes. It fails without a key,
 // on a key of another size, and on a key given twice.
 func NewSealer(keys [][]byte) (*Sealer, error) {
+	ks, err := newSealerKeys(keys)
+	if err != nil {
+		return nil, err
+	}
+	s := &Sealer{}
+	s.keys.Store(ks)
+	return s, nil
+}
+
+// SetKeys replaces the Sealer's keys with keys, newest first, checked as NewSealer checks
+// them; on an error the keys in use stay. Values sealed with a key no longer listed no longer
+// open.
+func (s *Sealer) SetKeys(keys [][]byte) error {
+	ks, err := newSealerKeys(keys)
+	if err != nil {
+		return err
+	}
+	s.setMu.Lock()
+	defer s.setMu.Unlock()
+	ks.gen = s.keys.Load().gen + 1
+	s.keys.Store(ks)
+	return nil
+}
+
+// Generation counts the SetKeys calls that changed the keys: a store that failed to decrypt
+// a file retries when it changes.
+func (s *Sealer) Generation() uint64 { return s.keys.Load().gen }
+
+func newSealerKeys(keys [][]byte) (*sealerKeys, error) {
 	if len(keys) == 0 {
 		return nil, errors.New("credentials: sealer: no encryption key")
 	}
-	s := &Sealer{keys: make([]sealerKey, 0, len(keys))}
+	s := &sealerKeys{list: make([]sealerKey, 0, len(keys))}
 	seen := make(map[string]int, len(keys))
 	for i, k := range keys {
 		if len(k) != SealKeySize {
@@ -106,18 +148,19 @@ func NewSealer(keys [][]byte) (*Sealer, error) {
 		if err != nil {
 			return nil, fmt.Errorf("credentials: sealer: %w", err)
 		}
-		s.keys = append(s.keys, sealerKey{id: id, aead: aead})
+		s.list = append(s.list, sealerKey{id: id, aead: aead})
 	}
 	return s, nil
 }
 
 // KeyID returns the id of the key Seal uses (the first).
-func (s *Sealer) KeyID() string { return s.keys[0].id }
+func (s *Sealer) KeyID() string { return s.keys.Load().list[0].id }
 
 // KeyIDs returns the ids of every key, newest first.
 func (s *Sealer) KeyIDs() []string {
-	ids := make([]string, len(s.keys))
-	for i, k := range s.keys {
+	keys := s.keys.Load().list
+	ids := make([]string, len(keys))
+	for i, k := range keys {
 		ids[i] = k.id
 	}
 	return ids
@@ -130,7 +173,7 @@ func (s *Sealer) Seal(companyID, field string, plaintext []byte) (string, error)
 	if field == "" {
 		return "", errors.New("credentials: seal: empty field name")
 	}
-	k := s.keys[0]
+	k := s.keys.Load().list[0]
 	buf := make([]byte, nonceSize, nonceSize+len(plaintext)+tagSize)
 	random := s.random
 	if random == nil {
@@ -151,7 +194,8 @@ func (s *Sealer) Open(companyID, field, sealed string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, k := range s.keys {
+	keys := s.keys.Load().list
+	for _, k := range keys {
 		if k.id != id {
 			continue
 		}
@@ -161,7 +205,11 @@ func (s *Sealer) Open(companyID, field, sealed string) ([]byte, error) {
 		}
 		return plain, nil
 	}
-	return nil, fmt.Errorf("%w: the value needs key %s, configured: %s", ErrSealedUnknownKey, id, strings.Join(s.KeyIDs(), ", "))
+	ids := make([]string, len(keys))
+	for i, k := range keys {
+		ids[i] = k.id
+	}
+	return nil, fmt.Errorf("%w: the value needs key %s, configured: %s", ErrSealedUnknownKey, id, strings.Join(ids, ", "))
 }
 
 // SealedKeyID returns the id of the key a sealed value needs, or an error wrapping

@@ -36,10 +36,23 @@ type FileStoreOptions struct {
 	// metric). It runs on the polling goroutine and must not block.
 	OnReloadError func(error)
 	// Sealer, if set, encrypts every secret the store writes (the encrypted format, see
-	// FileEncryption) and decrypts what it reads. A plain file is still read, and encrypted
-	// on the next write. Without a Sealer, an encrypted file cannot be opened.
+	// FileEncryption) and decrypts what it reads. A plain file holding credentials is then
+	// refused (ErrPlaintextWithKey) unless AllowPlain is set. Without a Sealer, an encrypted
+	// file cannot be opened.
 	Sealer *Sealer
+	// AllowPlain lets a store with a Sealer read a plain file holding credentials (it is
+	// encrypted on the next write). Only the operator's deliberate tools set it (credentials
+	// rotate-key and migrate); the server does not, so a plain file put in place of the
+	// encrypted one is refused rather than served.
+	AllowPlain bool
 }
+
+// ErrPlaintextWithKey is the failure of a plain credentials file holding credentials, read by
+// a store with an encryption key and without FileStoreOptions.AllowPlain: an encryption key
+// means the file is encrypted. A store that meets one while running keeps serving the last
+// good credentials and fails Ping; at start-up it serves none and fails Ping until the file
+// is encrypted (credentials rotate-key, or credentials migrate).
+var ErrPlaintextWithKey = errors.New("the credentials file is not encrypted but an encryption key is configured")
 
 // FileStore is the file:// store: one JSON document (see Parse and Marshal) holding every
 // credential, for a single replica plus the occasional `credentials import` process. With a
@@ -68,6 +81,11 @@ type FileStore struct {
 
 	// sealer encrypts the secrets written, and decrypts those read; nil: plain files.
 	sealer *Sealer
+	// allowPlain: read a plain file holding credentials despite the sealer.
+	allowPlain bool
+	// sealerGen is the sealer's key generation when the file was last read (a reload of the
+	// keys may make a file that did not decrypt readable).
+	sealerGen uint64
 	// euid is the process's effective user id, for checkFileMode.
 	euid int
 
@@ -152,16 +170,17 @@ func OpenFileStore(path string, opts FileStoreOptions) (*FileStore, error) {
 	}
 	path = filepath.Clean(path)
 	s := &FileStore{
-		path:     path,
-		lockPath: path + ".lock",
-		interval: opts.PollInterval,
-		logger:   opts.Logger,
-		onReload: opts.OnReloadError,
-		sealer:   opts.Sealer,
-		euid:     os.Geteuid(),
-		sem:      make(chan struct{}, 1),
-		stop:     make(chan struct{}),
-		done:     make(chan struct{}),
+		path:       path,
+		lockPath:   path + ".lock",
+		interval:   opts.PollInterval,
+		logger:     opts.Logger,
+		onReload:   opts.OnReloadError,
+		sealer:     opts.Sealer,
+		allowPlain: opts.AllowPlain,
+		euid:       os.Geteuid(),
+		sem:        make(chan struct{}, 1),
+		stop:       make(chan struct{}),
+		done:       make(chan struct{}),
 	}
 	if s.interval <= 0 {
 		s.interval = DefaultPollInterval
@@ -170,16 +189,47 @@ func OpenFileStore(path string, opts FileStoreOptions) (*FileStore, error) {
 		s.logger = slog.New(slog.DiscardHandler)
 	}
 
-	res := readSnapshot(path, s.euid, s.sealer)
-	if err := cmp.Or(res.ioErr, res.decodeErr); err != nil {
+	res := s.readFile()
+	if errors.Is(res.decodeErr, ErrPlaintextWithKey) {
+		// No last good credentials to keep: serve none, and fail Ping (not ready) until the
+		// operator encrypts the file; polling picks the encrypted file up.
+		s.logger.Error("refusing the credentials file: it is not encrypted but PLEO_PROXY_ENCRYPTION_KEY is set; "+
+			"serving no credentials until it is encrypted", "path", s.path, "fix", plainFix(s.path))
+		s.installLocked(newEmptySnapshot(), fileFingerprint{}, false)
+		s.seen, s.seenErr = res.fp, res.decodeErr
+		s.setReloadErrorLocked(res.decodeErr)
+	} else if err := cmp.Or(res.ioErr, res.decodeErr); err != nil {
 		return nil, fmt.Errorf("credentials: file store %s: %w", path, err)
+	} else {
+		s.notePlainLocked(res.fp, res.encrypted)
+		s.seen, s.seenEncrypted = res.fp, res.encrypted
+		s.installLocked(res.snap, res.fp, res.encrypted)
 	}
-	s.notePlainLocked(res.fp, res.encrypted)
-	s.seen, s.seenEncrypted = res.fp, res.encrypted
-	s.installLocked(res.snap, res.fp, res.encrypted)
 	s.removeStaleTemps()
 	go s.poll()
 	return s, nil
+}
+
+// readFile reads the file as readSnapshot does, and refuses a plain file holding
+// credentials when the store has a Sealer and not allowPlain (ErrPlaintextWithKey).
+func (s *FileStore) readFile() readResult {
+	if s.sealer != nil {
+		s.sealerGen = s.sealer.Generation()
+	}
+	res := readSnapshot(s.path, s.euid, s.sealer)
+	if res.ioErr == nil && res.decodeErr == nil && res.fp.exists && s.sealer != nil && !res.encrypted && !s.allowPlain && res.snap.len() > 0 {
+		n := res.snap.len()
+		res.snap.release()
+		res.snap = nil
+		res.decodeErr = fmt.Errorf("%w: refusing %d plaintext credential(s); to encrypt the file on purpose, %s", ErrPlaintextWithKey, n, plainFix(s.path))
+	}
+	return res
+}
+
+// plainFix says how an operator encrypts a plain credentials file on purpose.
+func plainFix(path string) string {
+	return fmt.Sprintf("run: pleo-auth-proxy credentials rotate-key (encrypts it in place with the newest key), "+
+		"or: pleo-auth-proxy credentials migrate --from file://%s --to file://%s.encrypted and move that file in place", path, path)
 }
 
 // notePlainLocked logs, once until the file is next found encrypted, that a plain file was
@@ -297,6 +347,14 @@ func (s *FileStore) Delete(ctx context.Context, companyID string) error {
 // (the store keeps serving the last good credentials meanwhile).
 func (s *FileStore) Ping(ctx context.Context) error {
 	if err := s.LastReloadError(); err != nil {
+		if errors.Is(err, ErrPlaintextWithKey) {
+			p := s.acquire()
+			n := p.len()
+			p.release()
+			if n == 0 {
+				return fmt.Errorf("credentials: serving no credentials: %w", err) // refused at start-up
+			}
+		}
 		return fmt.Errorf("credentials: serving the last good credentials: %w", err)
 	}
 	return nil
@@ -527,7 +585,7 @@ func (s *FileStore) readForWriteLocked() (*packedSnapshot, fileFingerprint, bool
 			return s.snap.Load(), fp, s.seenEncrypted, nil
 		}
 	}
-	res := readSnapshot(s.path, s.euid, s.sealer)
+	res := s.readFile()
 	if res.ioErr != nil {
 		return nil, res.fp, false, fmt.Errorf("credentials: file store %s: %w", s.path, res.ioErr)
 	}
@@ -732,7 +790,9 @@ func (s *FileStore) reloadLocked(force bool) []string {
 	default:
 		fp = fingerprintOf(st)
 	}
-	if !force && fp.sameStat(s.seen) {
+	// New keys (a reloaded PLEO_PROXY_ENCRYPTION_KEY_FILE) may open a file that failed.
+	keysChanged := s.seenErr != nil && s.sealer != nil && s.sealer.Generation() != s.sealerGen
+	if !force && !keysChanged && fp.sameStat(s.seen) {
 		s.setReloadErrorLocked(s.seenErr) // clears a passing I/O failure
 		return nil
 	}
@@ -755,12 +815,12 @@ func (s *FileStore) reloadLocked(force bool) []string {
 		}
 		return nil
 	}
-	if s.seen.exists && fp.sum == s.seen.sum && fp.sameOwnerAndMode(s.seen) {
+	if !keysChanged && s.seen.exists && fp.sum == s.seen.sum && fp.sameOwnerAndMode(s.seen) {
 		s.seen = fp // touched, or rewritten with the same content
 		s.setReloadErrorLocked(s.seenErr)
 		return nil
 	}
-	res := readSnapshot(s.path, s.euid, s.sealer)
+	res := s.readFile()
 	switch {
 	case res.ioErr != nil:
 		s.reloadFailedLocked(res.ioErr)
@@ -1034,4 +1094,12 @@ func sealedKeyIDs(records []Record) []string {
 		return []string{"unknown"}
 	}
 	return ids
+}
+
+// ParseFile decodes a credentials document in either of the file store's formats, plain or
+// encrypted (see FileEncryption), and validates it as Parse does. An encrypted document needs
+// sealer, holding the key of every value in it; a plain one is read with or without.
+func ParseFile(data []byte, sealer *Sealer) ([]Credential, error) {
+	creds, _, err := parseFile(data, sealer)
+	return creds, err
 }

@@ -966,7 +966,7 @@ func TestFileStorePlainFileEncryptedOnFirstWrite(t *testing.T) {
 	}
 	var logs fsLog
 	sealer := testSealer(t, testKey(1))
-	s := fsOpen(t, path, FileStoreOptions{Sealer: sealer,
+	s := fsOpen(t, path, FileStoreOptions{Sealer: sealer, AllowPlain: true,
 		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if !fsHas(s, 1, fsSecretCred(1).RefreshToken.Reveal()) {
 		t.Fatal("the plain file was not read")
@@ -1522,5 +1522,118 @@ func TestOpenPassesEncryptionAndReloadHook(t *testing.T) {
 	stWaitFor(t, "OnReloadError", func() bool { return hook.Load() > 0 })
 	if _, ok := s.(KeyRotator); !ok {
 		t.Error("the file store is not a KeyRotator")
+	}
+}
+
+// With an encryption key (and not AllowPlain), a plain file holding credentials is refused: at
+// start-up the store serves none and fails Ping; while running it keeps the last good
+// credentials and fails Ping; nothing is written over it; an encrypted file put back is
+// served again. An empty plain document holds no secret and is accepted.
+func TestFileStorePlainFileRefusedWithKey(t *testing.T) {
+	sealer := testSealer(t, testKey(1))
+	plain := fsMarshal(t, fsSecretCred(1), fsSecretKey(2))
+
+	t.Run("at start-up", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "credentials.json")
+		if err := os.WriteFile(path, plain, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var logs fsLog
+		s := fsOpen(t, path, FileStoreOptions{Sealer: sealer, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		if err := s.Ping(t.Context()); !errors.Is(err, ErrPlaintextWithKey) || !strings.Contains(err.Error(), "rotate-key") ||
+			!strings.Contains(err.Error(), "serving no credentials") {
+			t.Fatalf("Ping = %v, want ErrPlaintextWithKey naming the fix", err)
+		}
+		if _, err := s.Get(t.Context(), stCompany(1)); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("a plaintext credential was served: %v", err)
+		}
+		if err := s.PutAll(t.Context(), []Credential{fsSecretKey(3)}, false); !errors.Is(err, ErrPlaintextWithKey) {
+			t.Fatalf("PutAll over the plain file = %v", err)
+		}
+		if data, _ := os.ReadFile(path); !bytes.Equal(data, plain) {
+			t.Fatal("the plain file was written over")
+		}
+		if !strings.Contains(logs.String(), "credentials migrate --from file://"+path) {
+			t.Errorf("the log does not name the fix:\n%s", logs.String())
+		}
+		if strings.Contains(logs.String(), "secret-value") {
+			t.Errorf("a secret reached the log")
+		}
+		// The operator encrypts it on purpose: the running store picks it up.
+		fsReplace(t, path, fsEncrypted(t, [][]byte{testKey(1)}, fsSecretCred(1), fsSecretKey(2)))
+		stWaitFor(t, "the encrypted file to be served", func() bool {
+			return s.Ping(t.Context()) == nil && fsHas(s, 1, fsSecretCred(1).RefreshToken.Reveal())
+		})
+	})
+
+	t.Run("while running", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "credentials.json")
+		encrypted := fsEncrypted(t, [][]byte{testKey(1)}, fsSecretCred(1))
+		if err := os.WriteFile(path, encrypted, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s := fsOpen(t, path, FileStoreOptions{Sealer: sealer})
+		other := fsSecretCred(1)
+		other.RefreshToken = "REFRESH-token-from-a-plaintext-file-0000"
+		plain := fsMarshal(t, other, fsSecretKey(2))
+		fsReplace(t, path, plain)
+		stWaitFor(t, "the refusal", func() bool { return errors.Is(s.Ping(t.Context()), ErrPlaintextWithKey) })
+		if !fsHas(s, 1, fsSecretCred(1).RefreshToken.Reveal()) {
+			t.Fatal("the last good credential is not served")
+		}
+		if _, err := s.Get(t.Context(), stCompany(2)); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("a plaintext credential was served: %v", err)
+		}
+		if _, err := s.Update(t.Context(), fsGet(t, s, 1)); err == nil {
+			t.Fatal("a write over the plain file succeeded")
+		}
+		if data, _ := os.ReadFile(path); !bytes.Equal(data, plain) {
+			t.Fatal("the plain file was written over")
+		}
+		fsReplace(t, path, encrypted)
+		stWaitFor(t, "readiness after the restore", func() bool { return s.Ping(t.Context()) == nil })
+	})
+
+	t.Run("an empty plain document", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "credentials.json")
+		if err := os.WriteFile(path, []byte(`{"credentials": []}`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s := fsOpen(t, path, FileStoreOptions{Sealer: sealer})
+		if err := s.Ping(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// A file sealed with a key the store does not have fails to reload until the Sealer gets the
+// key (a reloaded PLEO_PROXY_ENCRYPTION_KEY_FILE), even though the file does not change
+// again; writes then seal with the newest key.
+func TestFileStoreReadsAfterSealerSetKeys(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "credentials.json")
+	if err := os.WriteFile(path, fsEncrypted(t, [][]byte{testKey(1)}, fsSecretCred(1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sealer := testSealer(t, testKey(1))
+	s := fsOpen(t, path, FileStoreOptions{Sealer: sealer})
+	next := fsSecretCred(1)
+	next.RefreshToken = "REFRESH-token-sealed-with-the-new-key-01"
+	fsReplace(t, path, fsEncrypted(t, [][]byte{testKey(2), testKey(1)}, next))
+	stWaitFor(t, "the unknown key to fail the reload", func() bool { return errors.Is(s.Ping(t.Context()), ErrSealedUnknownKey) })
+	fsWaitPolls(t, s, 2)
+	if err := sealer.SetKeys([][]byte{testKey(2), testKey(1)}); err != nil {
+		t.Fatal(err)
+	}
+	stWaitFor(t, "the file to be read with the new key", func() bool {
+		return s.Ping(t.Context()) == nil && fsHas(s, 1, next.RefreshToken.Reveal())
+	})
+	if _, err := s.Update(t.Context(), fsGet(t, s, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if ids := fsSealedKeyIDs(t, path); !slices.Equal(ids, []string{KeyID(testKey(2))}) {
+		t.Fatalf("written with keys %v, want the newest", ids)
+	}
+	if err := sealer.SetKeys(nil); err == nil || sealer.KeyID() != KeyID(testKey(2)) {
+		t.Fatalf("SetKeys(nil) = %v and the keys changed", err)
 	}
 }

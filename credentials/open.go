@@ -22,6 +22,9 @@ type OpenOptions struct {
 	// Sealer, if set, encrypts the secrets the store writes and decrypts those it reads
 	// (PLEO_PROXY_ENCRYPTION_KEY); nil stores them in the clear. The memory store ignores it.
 	Sealer *Sealer
+	// AllowPlain lets a file store with a Sealer read a plain file (see
+	// FileStoreOptions.AllowPlain): for the operator's deliberate tools only.
+	AllowPlain bool
 	// OnReloadError, if set, is called on every failed attempt to reload a store's backing
 	// file (for a metric); it must not block.
 	OnReloadError func(error)
@@ -67,6 +70,7 @@ func Open(rawURL string, opts OpenOptions) (Store, error) {
 			PollInterval:  opts.PollInterval,
 			Logger:        opts.Logger,
 			Sealer:        opts.Sealer,
+			AllowPlain:    opts.AllowPlain,
 			OnReloadError: opts.OnReloadError,
 		})
 		if err != nil {

@@ -24,8 +24,9 @@ import (
 // The lease (refresh_lease_holder, refresh_lease_until in the row) is committed before the
 // exchange and cleared by the commit of the rotated pair. A replica that takes the lock and
 // finds another's unexpired lease knows that replica presented the refresh token and did not
-// commit the result (its commit failed and it is retrying, or it died): it must not call the
-// token endpoint, and gets ErrRefreshInProgress.
+// commit the result (its commit failed and it is retrying, its token call's outcome is
+// unknown and it may still read a late answer, or it died): it must not call the token
+// endpoint, and gets ErrRefreshInProgress.
 
 // pgLockKey is the advisory lock key of a company's refresh lock: 64 bits of a SHA-256, so
 // two companies share a lock with negligible probability.
@@ -101,6 +102,9 @@ func (l *pgLock) Lease(ctx context.Context, d time.Duration) error {
 		SET refresh_lease_holder = $2, refresh_lease_until = now() + make_interval(secs => $3)
 		WHERE company_id = $1 AND version = $4`, l.id, l.s.origin, d.Seconds(), l.cur.Version)
 	if err != nil {
+		// The lease may have been written (the answer lost): Release clears it, so that
+		// other replicas are not held off by a lease on a refresh that never started.
+		l.leased = true
 		return storeUnavailable("refresh lease", err)
 	}
 	if tag.RowsAffected() == 0 {
@@ -177,12 +181,23 @@ func (l *pgLock) Release(ctx context.Context) error {
 	if !l.leased {
 		return nil
 	}
-	if _, err := l.conn.Exec(ctx, `UPDATE pleo_proxy_credentials SET refresh_lease_holder = NULL,
-			refresh_lease_until = NULL WHERE company_id = $1 AND refresh_lease_holder = $2`, l.id, l.s.origin); err != nil {
-		return storeUnavailable("refresh lease release", err)
+	const clear = `UPDATE pleo_proxy_credentials SET refresh_lease_holder = NULL,
+			refresh_lease_until = NULL WHERE company_id = $1 AND refresh_lease_holder = $2`
+	if _, err := l.conn.Exec(ctx, clear, l.id, l.s.origin); err != nil {
+		// The lock's connection may be what failed (a lease write cut short by its deadline
+		// closes it): clear the lease on another one. Release is only called when the
+		// refresh's outcome is known (Hold keeps a lease whose outcome is not).
+		if _, err := l.s.pool.Exec(ctx, clear, l.id, l.s.origin); err != nil {
+			return storeUnavailable("refresh lease release", err)
+		}
 	}
 	l.leased = false
 	return nil
+}
+
+func (l *pgLock) Hold(ctx context.Context) {
+	l.leased = false
+	l.unlock(ctx)
 }
 
 // unlock releases the advisory lock and returns the connection to the pool, or closes the

@@ -15,19 +15,18 @@ import (
 )
 
 // refresh runs at most one refresh per company at a time. The refresh itself is detached
-// from the caller's cancellation and bounded by TokenTimeout; a caller that gives up stops
-// waiting, the others keep theirs.
+// from the caller's cancellation; each of its phases has its own deadline (refreshBudgets). A
+// caller that gives up stops waiting, the others keep theirs.
 func (b *Broker) refresh(ctx context.Context, companyID, trigger string, stale Grant) (*entry, error) {
 	for {
 		queued := b.now()
 		ch := b.flights.DoChan(companyID, func() (any, error) {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.tokenTimeout)
-			defer cancel()
+			fctx := context.WithoutCancel(ctx)
 			if b.locker != nil {
-				return b.refreshShared(rctx, companyID, trigger, stale, queued)
+				return b.refreshShared(fctx, companyID, trigger, stale, queued)
 			}
 			b.metrics.RefreshLockWait(b.now().Sub(queued))
-			return b.refreshLocked(rctx, companyID, trigger, stale)
+			return b.refreshLocked(fctx, companyID, trigger, stale)
 		})
 		select {
 		case r := <-ch:
@@ -48,6 +47,16 @@ func (b *Broker) refresh(ctx context.Context, companyID, trigger string, stale G
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// budgets are the deadlines of a refresh's phases.
+func (b *Broker) budgets() refreshBudgets { return newRefreshBudgets(b.tokenTimeout) }
+
+// commitContext is a context for one store write of a refresh: detached from ctx's
+// cancellation and deadline (what is left of an earlier phase's budget never shortens it),
+// bounded by its own.
+func (b *Broker) commitContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), b.budgets().commit)
 }
 
 // writeAttempt is the result of a background write retry's flight (see retryWrite).
@@ -73,7 +82,9 @@ func (b *Broker) current(ctx context.Context, companyID string) (cur Credential,
 // refreshLocked runs inside the company's single flight.
 func (b *Broker) refreshLocked(ctx context.Context, companyID, trigger string, stale Grant) (*entry, error) {
 	gen := b.gen.Load()
-	cur, stored, pending, err := b.current(ctx, companyID)
+	rctx, cancel := context.WithTimeout(ctx, b.budgets().lockWait)
+	cur, stored, pending, err := b.current(rctx, companyID)
+	cancel()
 	if err != nil {
 		return nil, err
 	}
@@ -83,13 +94,23 @@ func (b *Broker) refreshLocked(ctx context.Context, companyID, trigger string, s
 
 	b.log.DebugContext(ctx, "refreshing token", "company_id", companyID, "trigger", trigger,
 		"expires_at", cur.ExpiresAt, "rejected_by_upstream", trigger == TriggerUnauthorized)
-	x := b.exchange(ctx, cur)
+	// Without a lease in a shared row, this process alone keeps itself from presenting a
+	// refresh token whose outcome is unknown, for as long as a lease would.
+	until := b.now().Add(b.budgets().lease)
+	x := b.exchange(cur)
+	if err, ok := b.unsettled(x, cur, stored, trigger, gen, until); ok {
+		return nil, err
+	}
 	if x.err != nil {
-		return nil, b.refreshFailed(ctx, cur, trigger, x.err, gen, x.took, b.store.Update)
+		mctx, cancel := b.commitContext(ctx)
+		defer cancel()
+		return nil, b.refreshFailed(mctx, cur, trigger, x.err, gen, x.took, b.store.Update)
 	}
 	next := b.rotated(cur, x)
 	arrived, took := x.arrived, x.took
-	saved, err := b.persist(ctx, stored, cur.RefreshToken, next)
+	cctx, cancel := b.commitContext(ctx)
+	defer cancel()
+	saved, err := b.persist(cctx, stored, cur.RefreshToken, next)
 	window := time.Since(arrived)
 	b.metrics.TokenRefresh(trigger, metrics.RefreshSuccess, took)
 	b.refreshSucceeded(companyID, trigger, next)
@@ -136,9 +157,16 @@ func (b *Broker) preflight(ctx context.Context, companyID, trigger string, stale
 	rejected, wasRejected := b.rejected[companyID]
 	bo := b.backoff[companyID]
 	b.mu.Unlock()
+	until, unknown := b.heldUnknown(companyID, cur.RefreshToken, now)
 	switch {
 	case wasRejected && rejected == tokenHash(cur.RefreshToken):
 		return nil, true, fmt.Errorf("%w: company %s", ErrReauthorizationRequired, companyID)
+	case unknown:
+		// This process presented the refresh token and read no answer: the endpoint may
+		// have rotated it, so presenting it again could be taken for reuse. A late answer
+		// ends this early (its pair replaces cur); otherwise it ends with the lease.
+		return nil, true, fmt.Errorf("%w: company %s: %w: an earlier refresh's outcome is unknown; its refresh token is not presented again before %s",
+			ErrTokenEndpoint, companyID, ErrRefreshInProgress, until.Format(time.RFC3339))
 	case now.Before(bo.until):
 		b.metrics.RefreshSkipped(metrics.SkipBackoff)
 		return nil, true, &RetryAfterError{After: bo.until.Sub(now),
@@ -249,8 +277,10 @@ func (b *Broker) persist(ctx context.Context, stored, presented Secret, next Cre
 		if gerr != nil {
 			return Credential{}, gerr
 		}
-		if latest.RefreshToken != stored && latest.RefreshToken != presented {
-			b.log.WarnContext(ctx, "credential replaced during its refresh; keeping the stored one", "company_id", next.CompanyID)
+		if latest.RefreshToken != stored && latest.RefreshToken != presented || latest.State == StateReauthorizationRequired {
+			// Replaced (a reconnect, an import), or marked for reconnection (its refresh
+			// token was refused, which revokes the pair we hold too): theirs wins.
+			b.log.WarnContext(ctx, "credential replaced during its refresh; keeping the stored one", "company_id", next.CompanyID, "state", latest.State)
 			b.mu.Lock()
 			delete(b.pending, next.CompanyID)
 			b.mu.Unlock()
@@ -261,11 +291,14 @@ func (b *Broker) persist(ctx context.Context, stored, presented Secret, next Cre
 	}
 }
 
-// keepPending holds a rotated pair whose write failed, and retries the write in the
-// background until it succeeds or the credential is replaced.
+// keepPending holds a rotated pair whose write failed (cause), or that arrived after its
+// callers stopped waiting (cause nil), and retries the write in the background until it
+// succeeds or the credential is replaced or marked.
 func (b *Broker) keepPending(next Credential, stored Secret, cause error) {
-	b.log.Error("could not persist a rotated refresh token; keeping it in memory and retrying",
-		"company_id", next.CompanyID, "error", cause)
+	if cause != nil {
+		b.log.Error("could not persist a rotated refresh token; keeping it in memory and retrying",
+			"company_id", next.CompanyID, "error", cause)
+	}
 	b.mu.Lock()
 	b.pending[next.CompanyID] = pendingPair{next: next, stored: stored}
 	n := len(b.pending)
@@ -287,7 +320,7 @@ func (b *Broker) retryWrite(companyID string) {
 	if b.locker != nil {
 		// Other replicas wait for this write (the refresh lease): land it well before the
 		// lease expires.
-		maxWait = min(maxWait, leaseFactor*b.tokenTimeout/8)
+		maxWait = min(maxWait, b.budgets().lease/8)
 	}
 	for {
 		select {
@@ -335,14 +368,24 @@ func (b *Broker) writePending(companyID string) error {
 	if !ok {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(b.stopCtx, b.tokenTimeout)
+	ctx, cancel := context.WithTimeout(b.stopCtx, b.budgets().commit)
 	defer cancel()
 	stored, err := b.store.Get(ctx, companyID)
 	if err != nil {
 		return err
 	}
-	if stored.RefreshToken != p.stored && stored.RefreshToken != p.next.RefreshToken {
-		// Another writer stored a different credential (reconnect or import) since: it wins.
+	// Compare the state, not only the refresh token: another replica that presented the
+	// token ours replaces (after our lease ended) had it refused and marked the credential
+	// reauthorization_required, keeping that token — and the refusal revoked our pair too.
+	// The Update below is a compare-and-swap on the version read here, so what was compared
+	// is what is replaced.
+	if stored.RefreshToken != p.stored && stored.RefreshToken != p.next.RefreshToken ||
+		stored.State == StateReauthorizationRequired {
+		// Another writer stored a different credential (reconnect or import), or marked this
+		// one for reconnection, since: it wins.
+		if stored.State == StateReauthorizationRequired {
+			b.log.Warn("not storing a rotated refresh token: the credential was marked reauthorization_required meanwhile", "company_id", companyID)
+		}
 		b.mu.Lock()
 		delete(b.pending, companyID)
 		b.mu.Unlock()
@@ -364,24 +407,16 @@ func (b *Broker) writePending(companyID string) error {
 	return nil
 }
 
-// exchangeResult is one token endpoint call.
+// exchangeResult is one token endpoint call, as its callers saw it.
 type exchangeResult struct {
 	tok             *oauth2.Token
 	err             error
 	start, received time.Time     // on the broker's clock
 	arrived         time.Time     // monotonic: when the answer arrived (for the commit window)
 	took            time.Duration // on the broker's clock
-}
-
-// exchange presents cur's refresh token to the token endpoint.
-func (b *Broker) exchange(ctx context.Context, cur Credential) exchangeResult {
-	x := exchangeResult{start: b.now()}
-	x.tok, x.err = b.oauth.TokenSource(context.WithValue(ctx, oauth2.HTTPClient, b.httpClient),
-		&oauth2.Token{RefreshToken: cur.RefreshToken.Reveal()}).Token()
-	x.received = b.now()
-	x.arrived = time.Now() // monotonic, for the crash window; the injected clock may stand still
-	x.took = x.received.Sub(x.start)
-	return x
+	outcome         callOutcome
+	late            bool       // the call had not ended when its callers stopped waiting
+	call            *tokenCall // the call, when late
 }
 
 // rotated is cur with the tokens of a successful exchange.
@@ -408,21 +443,20 @@ func (b *Broker) rotated(cur Credential, x exchangeResult) Credential {
 	return next
 }
 
-// leaseFactor times TokenTimeout is how long a refresh lease lasts: long enough to cover the
-// exchange and a failed commit's first write retries, short enough that a replica that died
-// between the token endpoint's answer and its commit blocks the credential for a bounded time.
-const leaseFactor = 6
-
 // refreshShared is refreshLocked for a store that many processes share (a RefreshLocker):
 // it takes the company's cross-process refresh lock, re-reads the credential under it and
 // adopts a token another replica obtained meanwhile; otherwise it records a refresh lease,
 // calls the token endpoint and commits the rotated pair (compare-and-swap on the refresh token
 // read under the lock) before anything uses it. A failed commit keeps the pair in memory, in
 // use, with its write retried; the lease keeps every other replica from the token endpoint
-// until that write lands or the lease expires.
+// until that write lands or the lease expires. So does a token call whose outcome is unknown
+// (sent, no answer read): the lock is given up, the lease kept (see unsettled).
 func (b *Broker) refreshShared(ctx context.Context, companyID, trigger string, stale Grant, queued time.Time) (*entry, error) {
 	gen := b.gen.Load()
-	lock, err := b.locker.LockRefresh(ctx, companyID)
+	bud := b.budgets()
+	lctx, cancel := context.WithTimeout(ctx, bud.lockWait)
+	lock, err := b.locker.LockRefresh(lctx, companyID)
+	cancel()
 	b.metrics.RefreshLockWait(b.now().Sub(queued))
 	if err != nil {
 		if errors.Is(err, ErrRefreshInProgress) {
@@ -432,7 +466,9 @@ func (b *Broker) refreshShared(ctx context.Context, companyID, trigger string, s
 		return nil, storeErr(err)
 	}
 	defer func() {
-		if err := lock.Release(context.WithoutCancel(ctx)); err != nil {
+		rctx, cancel := b.commitContext(ctx)
+		defer cancel()
+		if err := lock.Release(rctx); err != nil {
 			b.log.WarnContext(ctx, "could not release a refresh lease; it expires by itself", "company_id", companyID, "error", err)
 		}
 	}()
@@ -454,18 +490,30 @@ func (b *Broker) refreshShared(ctx context.Context, companyID, trigger string, s
 	if e, done, err := b.preflight(ctx, companyID, trigger, stale, cur, pending, gen); done {
 		return e, err
 	}
-	if err := lock.Lease(ctx, leaseFactor*b.tokenTimeout); err != nil {
+	wctx, cancel := b.commitContext(ctx)
+	until := b.now().Add(bud.lease)
+	err = lock.Lease(wctx, bud.lease)
+	cancel()
+	if err != nil {
 		return nil, storeErr(err)
 	}
 
 	b.log.DebugContext(ctx, "refreshing token", "company_id", companyID, "trigger", trigger,
 		"expires_at", cur.ExpiresAt, "rejected_by_upstream", trigger == TriggerUnauthorized)
-	x := b.exchange(ctx, cur)
+	x := b.exchange(cur)
+	if err, ok := b.unsettled(x, cur, stored, trigger, gen, until); ok {
+		hctx, cancel := b.commitContext(ctx)
+		lock.Hold(hctx)
+		cancel()
+		return nil, err
+	}
+	cctx, cancel := b.commitContext(ctx)
+	defer cancel()
 	if x.err != nil {
-		return nil, b.refreshFailed(ctx, cur, trigger, x.err, gen, x.took, lock.Commit)
+		return nil, b.refreshFailed(cctx, cur, trigger, x.err, gen, x.took, lock.Commit)
 	}
 	next := b.rotated(cur, x)
-	saved, err := lock.Commit(ctx, next)
+	saved, err := lock.Commit(cctx, next)
 	window := time.Since(x.arrived)
 	b.metrics.TokenRefresh(trigger, metrics.RefreshSuccess, x.took)
 	b.refreshSucceeded(companyID, trigger, next)
@@ -479,7 +527,7 @@ func (b *Broker) refreshShared(ctx context.Context, companyID, trigger string, s
 		b.mu.Lock()
 		delete(b.pending, companyID)
 		b.mu.Unlock()
-		c, gerr := b.store.Get(ctx, companyID)
+		c, gerr := b.store.Get(cctx, companyID)
 		if gerr != nil {
 			return nil, storeErr(gerr)
 		}

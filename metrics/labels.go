@@ -139,6 +139,21 @@ const (
 	ConnectOther = Other
 )
 
+// The secrets whose files are reloaded, as the secret label of pleo_proxy_secret_reloads_total.
+const (
+	SecretOAuthClientSecret = "oauth_client_secret"
+	SecretAdminToken        = "admin_token"
+	SecretClientTokens      = "client_tokens"
+	SecretEncryptionKey     = "encryption_key"
+	SecretConnectKey        = "connect_key"
+)
+
+// The results of a secret file reload.
+const (
+	SecretReloadSuccess = "success"
+	SecretReloadError   = "error"
+)
+
 // The bounded label sets, in the order of their index.
 var (
 	methodLabels = [...]string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE", MethodOther}
@@ -153,6 +168,9 @@ var (
 	connectLabels        = [...]string{connectStarted, connectCompleted, connectFailed, connectLinkRefused}
 	connectReasonLabels  = [...]string{ConnectAccessDenied, ConnectInvalidState, ConnectExchangeFailed, ConnectNoRefreshToken, ConnectCompanyLookupFailed, ConnectStoreFailed, ConnectTenantConflict, ConnectOther}
 	skipReasonLabels     = [...]string{SkipUnauthorizedCooldown, SkipBackoff}
+	secretLabels         = [...]string{SecretOAuthClientSecret, SecretAdminToken, SecretClientTokens, SecretEncryptionKey, SecretConnectKey}
+
+	secretReloadResultLabels = [...]string{SecretReloadSuccess, SecretReloadError}
 
 	// errorCodeLabels are the codes of the problems the sidecar produces (contract section 3).
 	errorCodeLabels = [...]string{

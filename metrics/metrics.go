@@ -44,6 +44,7 @@ const (
 	nameClientConns           = namespace + "_client_connections"
 	nameClientConnWaits       = namespace + "_client_connection_waits_total"
 	nameRefreshesSkipped      = namespace + "_token_refreshes_skipped_total"
+	nameSecretReloads         = namespace + "_secret_reloads_total"
 )
 
 // durationBuckets suit request, refresh, lock-wait and store durations: 0.5 ms to 30 s.
@@ -87,6 +88,7 @@ type Metrics struct {
 	clientConns          prometheus.Gauge
 	clientConnWaits      prometheus.Counter
 	refreshesSkipped     *prometheus.CounterVec
+	secretReloads        *prometheus.CounterVec
 
 	// Children of the per-request series, created on first use (so that only the method,
 	// code and credential type combinations that happen are exported) and then read with
@@ -103,6 +105,7 @@ type Metrics struct {
 	connectChildren        [len(connectLabels)]prometheus.Counter
 	connectFailureChildren [len(connectReasonLabels)]prometheus.Counter
 	skippedChildren        [len(skipReasonLabels)]prometheus.Counter
+	secretReloadChildren   [len(secretLabels)][len(secretReloadResultLabels)]prometheus.Counter
 
 	inFlightDone func()
 
@@ -244,6 +247,10 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: nameRefreshesSkipped,
 			Help: "OAuth token refreshes not attempted, by reason: unauthorized_cooldown (the upstream keeps answering 401 to freshly issued tokens; its 401 is passed back) or backoff (the token endpoint failed lately, or asked to wait with Retry-After).",
 		}, []string{"reason"}),
+		secretReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: nameSecretReloads,
+			Help: "Reloads of a secret file (PLEO_PROXY_*_FILE) that changed, by secret and result: success (the new value is in use) or error (the old value stays).",
+		}, []string{"secret", "result"}),
 		credentialsSet: make(map[CredentialKey]bool),
 		expiringSet:    make(map[string]bool),
 	}
@@ -275,6 +282,11 @@ func New(reg prometheus.Registerer) *Metrics {
 	for i, r := range skipReasonLabels {
 		m.skippedChildren[i] = m.refreshesSkipped.WithLabelValues(r)
 	}
+	for i, sec := range secretLabels {
+		for j, r := range secretReloadResultLabels {
+			m.secretReloadChildren[i][j] = m.secretReloads.WithLabelValues(sec, r)
+		}
+	}
 	for _, t := range credentialKinds {
 		for _, s := range credentialStates {
 			m.credentials.WithLabelValues(t, s).Set(0)
@@ -292,6 +304,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			m.storeDuration, m.storeErrors, m.storeReloadFailures, m.pendingTokenWrites,
 			m.inFlight, m.connects, m.connectFailures, m.clientConns, m.clientConnWaits,
 			m.refreshesSkipped,
+			m.secretReloads,
 		)
 	}
 	return m
@@ -496,6 +509,24 @@ func (m *Metrics) StoreReloadFailed() {
 	m.storeReloadFailures.Inc()
 }
 
+// SecretReload counts one reload of a changed secret file in pleo_proxy_secret_reloads_total:
+// secret is one of the Secret* names (another is ignored: the labels stay bounded), result is
+// SecretReloadSuccess or SecretReloadError (another counts as an error).
+func (m *Metrics) SecretReload(secret, result string) {
+	if m == nil {
+		return
+	}
+	i := indexOf(secretLabels[:], secret)
+	if i < 0 {
+		return
+	}
+	j := 1
+	if result == SecretReloadSuccess {
+		j = 0
+	}
+	m.secretReloadChildren[i][j].Inc()
+}
+
 // SetPendingTokenWrites sets pleo_proxy_pending_token_writes: the rotated tokens held in memory
 // because their store write has not succeeded yet.
 func (m *Metrics) SetPendingTokenWrites(n int) {
@@ -578,8 +609,10 @@ func (m *Metrics) SetCredentialCounts(counts map[CredentialKey]int) {
 			delete(m.credentialsSet, k)
 		}
 	}
-	for i, r := range skipReasonLabels {
-		m.skippedChildren[i] = m.refreshesSkipped.WithLabelValues(r)
+	for i, sec := range secretLabels {
+		for j, r := range secretReloadResultLabels {
+			m.secretReloadChildren[i][j] = m.secretReloads.WithLabelValues(sec, r)
+		}
 	}
 	for _, t := range credentialKinds {
 		for _, s := range credentialStates {

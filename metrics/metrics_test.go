@@ -39,6 +39,9 @@ func touchAll(m *Metrics) {
 	m.ClientConnClosed()
 	m.ClientConnWaited()
 	m.RefreshSkipped(SkipUnauthorizedCooldown)
+	m.SecretReload(SecretOAuthClientSecret, SecretReloadSuccess)
+	m.SecretReload(SecretAdminToken, SecretReloadError)
+	m.SecretReload("made_up_secret", SecretReloadSuccess)
 }
 
 // withoutHelp gathers from g with every help string blanked, so that the exposition test pins
@@ -199,6 +202,17 @@ pleo_proxy_store_operation_duration_seconds_bucket{operation="update",le="30"} 1
 pleo_proxy_store_operation_duration_seconds_bucket{operation="update",le="+Inf"} 1
 pleo_proxy_store_operation_duration_seconds_sum{operation="update"} 0.02
 pleo_proxy_store_operation_duration_seconds_count{operation="update"} 1
+# TYPE pleo_proxy_secret_reloads_total counter
+pleo_proxy_secret_reloads_total{result="error",secret="admin_token"} 1
+pleo_proxy_secret_reloads_total{result="error",secret="client_tokens"} 0
+pleo_proxy_secret_reloads_total{result="error",secret="connect_key"} 0
+pleo_proxy_secret_reloads_total{result="error",secret="encryption_key"} 0
+pleo_proxy_secret_reloads_total{result="error",secret="oauth_client_secret"} 0
+pleo_proxy_secret_reloads_total{result="success",secret="admin_token"} 0
+pleo_proxy_secret_reloads_total{result="success",secret="client_tokens"} 0
+pleo_proxy_secret_reloads_total{result="success",secret="connect_key"} 0
+pleo_proxy_secret_reloads_total{result="success",secret="encryption_key"} 0
+pleo_proxy_secret_reloads_total{result="success",secret="oauth_client_secret"} 1
 # TYPE pleo_proxy_store_reload_failures_total counter
 pleo_proxy_store_reload_failures_total 1
 # TYPE pleo_proxy_token_age_at_refresh_seconds histogram
@@ -297,8 +311,8 @@ func TestLintAndHelp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(mfs) != 23 {
-		t.Errorf("gathered %d metric families, want 23", len(mfs))
+	if len(mfs) != 24 {
+		t.Errorf("gathered %d metric families, want 24", len(mfs))
 	}
 	for _, mf := range mfs {
 		if !strings.HasPrefix(mf.GetName(), "pleo_proxy_") {
@@ -352,6 +366,7 @@ func TestContract(t *testing.T) {
 		"pleo_proxy_client_connections":               "gauge ",
 		"pleo_proxy_client_connection_waits_total":    "counter ",
 		"pleo_proxy_token_refreshes_skipped_total":    "counter reason",
+		"pleo_proxy_secret_reloads_total":             "counter result,secret",
 	}
 	for name, w := range want {
 		if got[name] != w {
@@ -468,6 +483,14 @@ func TestMethods(t *testing.T) {
 			func(m *Metrics) prometheus.Collector { return m.connectFailures.WithLabelValues("tenant_conflict") }, 1},
 		{"connect failure reason", func(m *Metrics) { m.ConnectFailed(ConnectStoreFailed) },
 			func(m *Metrics) prometheus.Collector { return m.connectFailures.WithLabelValues("store_failed") }, 1},
+		{"secret reload", func(m *Metrics) { m.SecretReload(SecretEncryptionKey, SecretReloadSuccess) },
+			func(m *Metrics) prometheus.Collector {
+				return m.secretReloads.WithLabelValues("encryption_key", "success")
+			}, 1},
+		{"secret reload unknown result", func(m *Metrics) { m.SecretReload(SecretClientTokens, "weird") },
+			func(m *Metrics) prometheus.Collector {
+				return m.secretReloads.WithLabelValues("client_tokens", "error")
+			}, 1},
 		{"connect failure unknown reason", func(m *Metrics) { m.ConnectFailed("meteor") },
 			func(m *Metrics) prometheus.Collector { return m.connectFailures.WithLabelValues("other") }, 1},
 		{"connect no refresh token", func(m *Metrics) { m.ConnectFailed(ConnectNoRefreshToken) },

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -56,7 +57,7 @@ type Handler struct {
 	auth         Authorizer
 	maxReplay    int64
 	selector     Selector
-	clientTokens [][32]byte
+	clientTokens atomic.Pointer[[][32]byte] // SHA-256 of each client token; empty: none required
 	log          *slog.Logger
 	metrics      *metrics.Metrics
 	now          func() time.Time
@@ -103,9 +104,7 @@ func New(opts Options) (*Handler, error) {
 		now:       opts.Now,
 		reconnect: opts.ReconnectURL,
 	}
-	for _, t := range opts.ClientTokens {
-		h.clientTokens = append(h.clientTokens, sha256.Sum256([]byte(t.Reveal())))
-	}
+	h.SetClientTokens(opts.ClientTokens)
 	upstream := *opts.Upstream
 	companyHeader, tenantHeader := h.selector.CompanyHeader, h.selector.TenantHeader
 	h.rp = &httputil.ReverseProxy{
@@ -205,7 +204,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.writeProblem(rw, st, &Problem{Code: CodeMethodNotAllowed, Detail: r.Method + " is not forwarded"})
 		return
 	}
-	if len(h.clientTokens) > 0 && !h.clientAuthenticated(r) {
+	if tokens := *h.clientTokens.Load(); len(tokens) > 0 && !clientAuthenticated(r, tokens) {
 		h.writeProblem(rw, st, &Problem{Code: CodeClientUnauthenticated, Detail: "send Proxy-Authorization: Bearer <client token>"})
 		return
 	}
@@ -335,9 +334,20 @@ func retryAfter(err error) time.Duration {
 	return time.Second
 }
 
+// SetClientTokens replaces the client tokens callers must present (a reloaded
+// PLEO_PROXY_CLIENT_TOKENS_FILE): requests after it returns are checked against the new ones.
+// None: no token is required.
+func (h *Handler) SetClientTokens(tokens []credentials.Secret) {
+	hashes := make([][32]byte, 0, len(tokens))
+	for _, t := range tokens {
+		hashes = append(hashes, sha256.Sum256([]byte(t.Reveal())))
+	}
+	h.clientTokens.Store(&hashes)
+}
+
 // clientAuthenticated checks Proxy-Authorization against every configured client token in
 // constant time (hashes, so lengths do not leak either).
-func (h *Handler) clientAuthenticated(r *http.Request) bool {
+func clientAuthenticated(r *http.Request, tokens [][32]byte) bool {
 	v := r.Header.Get("Proxy-Authorization")
 	const prefix = "Bearer "
 	if len(v) <= len(prefix) || !strings.EqualFold(v[:len(prefix)], prefix) {
@@ -345,7 +355,7 @@ func (h *Handler) clientAuthenticated(r *http.Request) bool {
 	}
 	got := sha256.Sum256([]byte(v[len(prefix):]))
 	ok := 0
-	for _, want := range h.clientTokens {
+	for _, want := range tokens {
 		ok |= subtle.ConstantTimeCompare(got[:], want[:])
 	}
 	return ok == 1

@@ -28,6 +28,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -116,6 +117,7 @@ type Server struct {
 	tokenFailure    atomic.Int64
 	tokenRetryAfter atomic.Pointer[string]
 	tokenDelay      atomic.Int64
+	refreshHook     atomic.Pointer[func(RefreshEvent)]
 	consent         atomic.Pointer[Consent]
 
 	tokenCalls, refreshCalls, codeExchanges atomic.Int64
@@ -374,6 +376,60 @@ func (s *Server) SetTokenRetryAfter(v string) { s.tokenRetryAfter.Store(&v) }
 // delay ends early if the client goes away.
 func (s *Server) SetTokenDelay(d time.Duration) { s.tokenDelay.Store(int64(d)) }
 
+// RefreshStage is a point in the token endpoint's handling of a refresh_token request.
+type RefreshStage int
+
+const (
+	// RefreshReceived: the request arrived; nothing was processed yet, and no delay
+	// (SetTokenDelay) or failure (SetTokenFailure) applied. A hook that blocks here holds the
+	// request unanswered (the refresh is processed once it returns, even if the client has
+	// gone away meanwhile, as a server that took the request may).
+	RefreshReceived RefreshStage = iota
+	// RefreshProcessed: the refresh was processed (on success the refresh token is rotated
+	// and the used one spent) and its answer is not written yet.
+	RefreshProcessed
+	// RefreshAnswered: the whole answer was written to the connection and flushed.
+	RefreshAnswered
+)
+
+// RefreshEvent is one stage of one refresh_token request, as a refresh hook sees it.
+type RefreshEvent struct {
+	Stage RefreshStage
+	// RemoteAddr is the client's address (host:port of its connection).
+	RemoteAddr string
+	// Status is the answer's HTTP status (RefreshProcessed and RefreshAnswered; 0 before).
+	Status int
+}
+
+// SetRefreshHook makes the token endpoint call fn, synchronously, at each stage of every
+// refresh_token request (a request answered by SetTokenFailure, or abandoned during a
+// SetTokenDelay, is only received); nil removes it. fn may block: the request waits for it, so a test can act at an exact point,
+// for instance stop the client's process once its refresh was rotated but before the answer
+// is written, or hold the request unanswered.
+func (s *Server) SetRefreshHook(fn func(RefreshEvent)) {
+	if fn == nil {
+		s.refreshHook.Store(nil)
+		return
+	}
+	s.refreshHook.Store(&fn)
+}
+
+func (s *Server) refreshEvent(grant string, e RefreshEvent) {
+	if grant != "refresh_token" {
+		return
+	}
+	if fn := s.refreshHook.Load(); fn != nil {
+		(*fn)(e)
+	}
+}
+
+// RefreshTokenActive reports whether rt is a refresh token the server would accept now: the
+// current one of a live authorisation, not rotated, revoked or expired.
+func (s *Server) RefreshTokenActive(ctx context.Context, rt string) bool {
+	use, _, err := s.provider.IntrospectToken(ctx, rt, fosite.RefreshToken, newSession(""))
+	return err == nil && use == fosite.RefreshToken
+}
+
 // Stats returns a snapshot of the counters.
 func (s *Server) Stats() Stats {
 	return Stats{
@@ -470,7 +526,11 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		lockKey = "ac:" + r.PostForm.Get("code")
 	}
 
-	if d := time.Duration(s.tokenDelay.Load()); d > 0 {
+	// The delay applying to this request is read before the hook runs: a hook may change it
+	// for later requests only.
+	delay := time.Duration(s.tokenDelay.Load())
+	s.refreshEvent(grant, RefreshEvent{Stage: RefreshReceived, RemoteAddr: r.RemoteAddr})
+	if d := delay; d > 0 {
 		t := time.NewTimer(d)
 		select {
 		case <-t.C:
@@ -503,23 +563,39 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		defer s.locks.lock(lockKey)()
 	}
 	tr := &tokenTrace{}
-	ctx := context.WithValue(r.Context(), traceKey{}, tr)
+	// The processing goes on if the client goes away: its outcome stands.
+	ctx := context.WithValue(context.WithoutCancel(r.Context()), traceKey{}, tr)
+	// The answer is composed in full first, so that a hook sees it processed and then
+	// written whole.
+	rec := httptest.NewRecorder()
 	ar, err := s.provider.NewAccessRequest(ctx, r, newSession(""))
 	if err == nil {
 		var resp fosite.AccessResponder
 		resp, err = s.provider.NewAccessResponse(ctx, ar)
 		if err == nil {
-			s.provider.WriteAccessResponse(ctx, w, ar, resp)
-			return
+			s.provider.WriteAccessResponse(ctx, rec, ar, resp)
 		}
 	}
-	if grant == "refresh_token" && tr.refreshSeen && tr.refreshState == refreshRotated {
-		s.reuseDetections.Add(1)
+	if err != nil {
+		if grant == "refresh_token" && tr.refreshSeen && tr.refreshState == refreshRotated {
+			s.reuseDetections.Add(1)
+		}
+		if fosite.ErrorToRFC6749Error(err).ErrorField == fosite.ErrInvalidGrant.ErrorField {
+			s.invalidGrants.Add(1)
+		}
+		s.provider.WriteAccessError(ctx, rec, ar, err)
 	}
-	if fosite.ErrorToRFC6749Error(err).ErrorField == fosite.ErrInvalidGrant.ErrorField {
-		s.invalidGrants.Add(1)
+	s.refreshEvent(grant, RefreshEvent{Stage: RefreshProcessed, RemoteAddr: r.RemoteAddr, Status: rec.Code})
+	for k, v := range rec.Header() {
+		w.Header()[k] = v
 	}
-	s.provider.WriteAccessError(ctx, w, ar, err)
+	w.Header().Set("Content-Length", strconv.Itoa(rec.Body.Len()))
+	w.WriteHeader(rec.Code)
+	_, _ = w.Write(rec.Body.Bytes())
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
+	s.refreshEvent(grant, RefreshEvent{Stage: RefreshAnswered, RemoteAddr: r.RemoteAddr, Status: rec.Code})
 }
 
 // handleIntrospect is RFC 7662 introspection, as Pleo documents it: HTTP

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -820,4 +821,73 @@ func TestSetConsent(t *testing.T) {
 	if q := authorize(t, s, s256); q.Get("code") == "" {
 		t.Fatalf("consent restored: %v", q)
 	}
+}
+
+// The refresh hook sees each stage of a refresh in order, and may hold it: at
+// RefreshProcessed the token is already rotated and the client has no answer yet; at
+// RefreshAnswered the whole answer has reached the client's connection.
+func TestRefreshHook(t *testing.T) {
+	s := oauthtest.NewServer(t, oauthtest.Options{})
+	tok := grant(t, s, uuid.NewString())
+	if !s.RefreshTokenActive(t.Context(), tok.RefreshToken) {
+		t.Fatal("a freshly granted refresh token is not active")
+	}
+	var mu sync.Mutex
+	var stages []oauthtest.RefreshStage
+	var statuses []int
+	processed := make(chan struct{})
+	release := make(chan struct{})
+	answered := make(chan struct{}, 1)
+	s.SetRefreshHook(func(e oauthtest.RefreshEvent) {
+		mu.Lock()
+		stages = append(stages, e.Stage)
+		statuses = append(statuses, e.Status)
+		mu.Unlock()
+		switch e.Stage {
+		case oauthtest.RefreshProcessed:
+			close(processed)
+			<-release
+		case oauthtest.RefreshAnswered:
+			answered <- struct{}{}
+		}
+	})
+	done := make(chan tokenResp, 1)
+	go func() { done <- mustRefreshNoFatal(t, s, tok.RefreshToken) }()
+	<-processed
+	// Rotated, not answered.
+	if s.RefreshTokenActive(t.Context(), tok.RefreshToken) {
+		t.Error("the presented refresh token is still active once processed")
+	}
+	select {
+	case <-done:
+		t.Fatal("the client had an answer while the hook held it")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	r := <-done
+	<-answered
+	if !s.RefreshTokenActive(t.Context(), r.RefreshToken) {
+		t.Error("the rotated refresh token is not active")
+	}
+	want := []oauthtest.RefreshStage{oauthtest.RefreshReceived, oauthtest.RefreshProcessed, oauthtest.RefreshAnswered}
+	mu.Lock()
+	if !slices.Equal(stages, want) || !slices.Equal(statuses, []int{0, 200, 200}) {
+		t.Fatalf("stages %v statuses %v, want %v and 0, 200, 200", stages, statuses, want)
+	}
+	mu.Unlock()
+	s.SetRefreshHook(nil)
+	mustRefresh(t, s, r.RefreshToken)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(stages) != 3 {
+		t.Fatalf("a removed hook was called: %v", stages)
+	}
+}
+
+func mustRefreshNoFatal(t *testing.T, s *oauthtest.Server, rt string) tokenResp {
+	status, tr := refresh(t, s, rt)
+	if status != http.StatusOK {
+		t.Errorf("refresh: status %d, %+v", status, tr)
+	}
+	return tr
 }
