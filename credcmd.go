@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -19,6 +18,7 @@ import (
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/connect"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/events"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/outbound"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/proxy"
 )
 
@@ -298,8 +298,7 @@ func (c *credCmd) disconnect(args []string) error {
 	}
 	transport := proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)
 	defer transport.CloseIdleConnections()
-	client := &http.Client{Timeout: cfg.UpstreamTimeout, Transport: transport,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	client := outbound.NewClient(transport, cfg.UpstreamTimeout)
 	broker, err := credentials.NewBroker(credentials.BrokerOptions{
 		Store:         store,
 		CacheSize:     16,
@@ -440,7 +439,7 @@ func (c *credCmd) discoverCompany(key credentials.Secret) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	client := &http.Client{Timeout: cfg.UpstreamTimeout, Transport: proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)}
+	client := outbound.NewClient(proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns), cfg.UpstreamTimeout)
 	id, err := connect.LookupCompany(c.ctx, client, cfg.UpstreamURL, credentials.Secret(credentials.BasicAuthorization(key.Reveal())))
 	if err != nil {
 		var le *connect.LookupError

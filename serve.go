@@ -25,6 +25,7 @@ import (
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/events"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/metrics"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/outbound"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/proxy"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/redact"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/secretfile"
@@ -181,7 +182,11 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		Logger:            log,
 		Metrics:           m,
 		Secrets:           secrets,
-		OnStateChange:     func(c credentials.Credential, s credentials.Status) { notifier.Notify(c, events.State(s)) },
+		// The token endpoint is reached under the same outbound policy as the upstream; the
+		// broker bounds each call itself (up to twice TOKEN_TIMEOUT for the answer), so the
+		// transport's header timeout is only a backstop beyond that.
+		HTTPClient:    outbound.NewClient(outbound.NewTransport(outbound.Options{ResponseHeaderTimeout: 3 * cfg.TokenTimeout}), 0),
+		OnStateChange: func(c credentials.Credential, s credentials.Status) { notifier.Notify(c, events.State(s)) },
 	})
 	if err != nil {
 		return err
@@ -227,8 +232,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		},
 		Credentials: brokerStatus{store, broker},
 		Remover: remover{store, &connect.Disconnector{Store: store, Grants: broker, Upstream: cfg.UpstreamURL,
-			Client: &http.Client{Timeout: cfg.UpstreamTimeout, Transport: upstreamTransport,
-				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
+			Client:         outbound.NewClient(upstreamTransport, cfg.UpstreamTimeout),
 			OnDisconnected: func(c credentials.Credential) { notifier.Notify(c, events.Disconnected) }}},
 		AdminToken:  live.adminToken.Load(),
 		ConnectLink: links.mint(),
@@ -397,7 +401,7 @@ func newConnectServer(cfg *config.Config, live *liveSecrets, mock *devPleo, stor
 		StateKeys:          cfg.EncryptionKeys,
 		Links:              links.signer(),
 		UnsignedLinks:      cfg.ConnectUnsignedLinks,
-		HTTPClient:         &http.Client{Timeout: cfg.TokenTimeout, Transport: proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)},
+		HTTPClient:         outbound.NewClient(proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns), cfg.TokenTimeout),
 		Logger:             logger.With("listener", "connect"),
 		Metrics:            m,
 		Secrets:            secrets,
@@ -540,7 +544,7 @@ func healthcheck(ctx context.Context, environ []string) error {
 	if err != nil {
 		return err
 	}
-	resp, err := (&http.Client{}).Do(req)
+	resp, err := outbound.NewClient(nil, 0).Do(req)
 	if err != nil {
 		return fmt.Errorf("healthcheck: %w", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/outbound"
 )
 
 // InstallationPath is the external API's path that names a credential's company.
@@ -100,11 +101,8 @@ func LookupCompany(ctx context.Context, client *http.Client, upstream *url.URL, 
 	return credentials.CanonicalCompanyID(id), nil
 }
 
-// noRedirectClient returns a client that never follows redirects.
+// noRedirectClient returns a client that never follows redirects, over transport (nil: the
+// outbound policy's own transport, which ignores proxies from the environment).
 func noRedirectClient(transport http.RoundTripper, timeout time.Duration) *http.Client {
-	return &http.Client{
-		Transport:     transport,
-		Timeout:       timeout,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
+	return outbound.NewClient(transport, timeout)
 }

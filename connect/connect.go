@@ -163,6 +163,9 @@ func New(opts Options) (*Handler, error) {
 	if opts.HTTPClient != nil {
 		c := *opts.HTTPClient
 		c.CheckRedirect = client.CheckRedirect
+		if c.Transport == nil { // never http.DefaultTransport, which takes proxies from the environment
+			c.Transport = client.Transport
+		}
 		client = &c
 	}
 	redirect := opts.RedirectURL.String()

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/metrics"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/outbound"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/redact"
 )
 
@@ -51,9 +52,10 @@ type BrokerOptions struct {
 	// OAuth is the client used to refresh tokens; without a ClientID, OAuth credentials cannot
 	// be refreshed (requests answer token_endpoint_error once their token expires).
 	OAuth OAuthClient
-	// HTTPClient calls the token endpoint (default: a client that never follows redirects).
-	// Its Timeout should be zero: the broker bounds token calls itself, and never cancels
-	// one whose answer has begun to arrive (see tokencall.go).
+	// HTTPClient calls the token endpoint (default: outbound.NewClient, which never follows
+	// redirects and ignores proxies from the environment). Its Timeout should be zero: the
+	// broker bounds token calls itself, and never cancels one whose answer has begun to
+	// arrive (see tokencall.go).
 	HTTPClient *http.Client
 	// RefreshBefore is how long before expiry a token is refreshed (default 60s; 0 allowed).
 	RefreshBefore time.Duration
@@ -183,9 +185,9 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 		return nil, err
 	}
 	if opts.HTTPClient == nil {
-		opts.HTTPClient = &http.Client{
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		}
+		// The broker bounds each call (answer up to twice TokenTimeout); the header timeout
+		// is only a backstop beyond that.
+		opts.HTTPClient = outbound.NewClient(outbound.NewTransport(outbound.Options{ResponseHeaderTimeout: 3 * opts.TokenTimeout}), 0)
 	}
 	cache, err := lru.New[string, *entry](opts.CacheSize)
 	if err != nil {
@@ -333,8 +335,8 @@ func (b *Broker) Authorize(ctx context.Context, companyID string) (_ Grant, err 
 
 // Reauthorize is called after the upstream answered 401 to rejected. For OAuth it refreshes,
 // unless the store already holds a newer token, which it adopts; for an API key it re-reads
-// the store. retry is true when the returned grant differs from rejected and is worth one
-// more attempt.
+// the store (asking a Reloader to look for changes first). retry is true when the returned
+// grant differs from rejected and is worth one more attempt.
 func (b *Broker) Reauthorize(ctx context.Context, companyID string, rejected Grant) (g Grant, retry bool, err error) {
 	if rejected.Type == OAuth2 {
 		if g, retry, done, err := b.cooldownReauthorize(ctx, companyID, rejected); done {
@@ -352,6 +354,11 @@ func (b *Broker) Reauthorize(ctx context.Context, companyID string, rejected Gra
 		return e.grant, !e.grant.Same(rejected), nil
 	}
 	gen := b.gen.Load()
+	if r, ok := b.store.(Reloader); ok {
+		// A key rotated in the credentials file is read now, not at the next poll. A failed
+		// look leaves the last good copy, which Get reads.
+		_ = r.Reload(ctx)
+	}
 	c, err := b.store.Get(ctx, companyID)
 	if err != nil {
 		return Grant{}, false, storeErr(err)

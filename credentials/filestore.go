@@ -770,6 +770,21 @@ func (s *FileStore) poll() {
 	}
 }
 
+// Reload looks at the file now rather than at the next poll: a stat, and a re-read when the
+// file's stat data (size, modification time, inode) changed, as replacing it by rename does.
+// Subscribers hear of what changed. It implements Reloader.
+func (s *FileStore) Reload(ctx context.Context) error {
+	select {
+	case s.sem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	changed := s.reloadLocked(false)
+	s.release()
+	s.subs.notify(changed)
+	return s.LastReloadError()
+}
+
 // hashEveryPolls makes every so many polls read and hash the file even when its stat data is
 // unchanged, to catch an in-place rewrite of the same size within the file system's
 // timestamp granularity.

@@ -39,6 +39,14 @@ func isAnswer(err error) bool {
 	return errors.Is(err, ErrNotFound) || errors.Is(err, ErrConflict)
 }
 
+// Reload passes Reloader on to the wrapped store (nothing to do when it is not one).
+func (s instrumented) Reload(ctx context.Context) error {
+	if r, ok := s.inner.(Reloader); ok {
+		return r.Reload(ctx)
+	}
+	return nil
+}
+
 func (s instrumented) Get(ctx context.Context, companyID string) (Credential, error) {
 	start := time.Now()
 	c, err := s.inner.Get(ctx, companyID)

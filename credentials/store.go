@@ -34,6 +34,14 @@ type Store interface {
 	Close() error
 }
 
+// Reloader is implemented by stores that look for changes made by other processes
+// periodically (the file store): Reload looks at once. The broker calls it when the upstream
+// rejects an API key, so that a key rotated in the file is used by the retry.
+type Reloader interface {
+	// Reload picks up changes made by others now, cheaply when there are none.
+	Reload(ctx context.Context) error
+}
+
 // Scanner is implemented by stores that can stream their credentials without their secrets
 // (the file and PostgreSQL stores), so that a pass over a large store holds one credential
 // at a time rather than a copy of them all, and neither decrypts nor copies a single secret.

@@ -29,6 +29,7 @@ import (
 
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/metrics"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/outbound"
 )
 
 // State is the state a credential entered, the event's "state".
@@ -156,11 +157,7 @@ func New(opts Options) (*Notifier, error) {
 		sleep: sleepCtx,
 	}
 	if n.client == nil {
-		n.client = &http.Client{
-			Timeout:       10 * time.Second,
-			Transport:     &http.Transport{Proxy: nil, ForceAttemptHTTP2: true, MaxIdleConns: 2, IdleConnTimeout: 90 * time.Second},
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		}
+		n.client = outbound.NewClient(outbound.NewTransport(outbound.Options{ResponseHeaderTimeout: 10 * time.Second, MaxConns: 2}), 10*time.Second)
 	}
 	if n.size <= 0 {
 		n.size = 1000

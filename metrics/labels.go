@@ -177,7 +177,7 @@ var (
 		"company_missing", "company_invalid", "company_mismatch", "company_unknown",
 		"client_unauthenticated", "method_not_allowed", "credential_expired",
 		"reauthorization_required", "token_endpoint_error", "upstream_unreachable",
-		"upstream_timeout", "store_unavailable",
+		"upstream_timeout", "store_unavailable", "upgrade_not_supported", "request_header_too_large",
 	}
 
 	// credentialKinds and credentialStates are the series of pleo_proxy_credentials kept at

@@ -109,8 +109,10 @@ pleo_proxy_errors_total{code="company_unknown"} 1
 pleo_proxy_errors_total{code="credential_expired"} 0
 pleo_proxy_errors_total{code="method_not_allowed"} 0
 pleo_proxy_errors_total{code="reauthorization_required"} 0
+pleo_proxy_errors_total{code="request_header_too_large"} 0
 pleo_proxy_errors_total{code="store_unavailable"} 0
 pleo_proxy_errors_total{code="token_endpoint_error"} 0
+pleo_proxy_errors_total{code="upgrade_not_supported"} 0
 pleo_proxy_errors_total{code="upstream_timeout"} 0
 pleo_proxy_errors_total{code="upstream_unreachable"} 0
 # TYPE pleo_proxy_in_flight_requests gauge

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // connLimit bounds the client connections a data listener holds open at once. Each open
@@ -16,23 +17,32 @@ import (
 // free; until then it costs a file descriptor and no goroutine. While one waits, the limit
 // makes room the way nginx does when it runs out of connections: the longest-idle keep-alive
 // connection is closed, and every response carries "Connection: close", so that a slot frees
-// as soon as a request is answered. Without a waiter, keep-alive is untouched.
+// as soon as a request is answered. With no idle connection, the connection that has waited
+// longest for its first request's headers is closed once it has had newConnGrace to send
+// them: slow or silent connections cannot hold every slot. Without a waiter, keep-alive is
+// untouched.
 type connLimit struct {
 	slots   chan struct{} // one token per open connection
 	waiting atomic.Int32  // Accept calls waiting for a slot (at most 1: one accept loop)
 	idled   chan struct{} // a connection went idle (buffered 1)
 	metrics ConnMetrics
 
-	mu   sync.Mutex
-	idle idleList // guarded by mu
+	mu    sync.Mutex
+	idle  connList // guarded by mu
+	fresh connList // connections not past their first request's headers (StateNew); guarded by mu
 }
 
-// idleList is a doubly linked list of idle connections, longest idle first, linked through
-// the connections themselves so that the state changes of every request allocate nothing.
-type idleList struct{ head, tail *limitedConn }
+// newConnGrace is how long a new connection may take to send its first request's headers
+// before a connection waiting for a slot may take its place. Honest clients send them at
+// once; a burst of them is not cut short.
+const newConnGrace = 500 * time.Millisecond
 
-func (q *idleList) pushBack(c *limitedConn) {
-	c.prev, c.next, c.idle = q.tail, nil, true
+// connList is a doubly linked list of connections, longest in it first, linked through the
+// connections themselves so that the state changes of every request allocate nothing.
+type connList struct{ head, tail *limitedConn }
+
+func (q *connList) pushBack(c *limitedConn) {
+	c.prev, c.next, c.in = q.tail, nil, q
 	if q.tail != nil {
 		q.tail.next = c
 	} else {
@@ -41,8 +51,8 @@ func (q *idleList) pushBack(c *limitedConn) {
 	q.tail = c
 }
 
-func (q *idleList) remove(c *limitedConn) {
-	if !c.idle {
+func (q *connList) remove(c *limitedConn) {
+	if c.in != q {
 		return
 	}
 	if c.prev != nil {
@@ -55,7 +65,7 @@ func (q *idleList) remove(c *limitedConn) {
 	} else {
 		q.tail = c.prev
 	}
-	c.prev, c.next, c.idle = nil, nil, false
+	c.prev, c.next, c.in = nil, nil, nil
 }
 
 // ConnMetrics records what the data listener's connection limit does. A nil ConnMetrics
@@ -113,8 +123,9 @@ func (l *connLimit) closeIfWaiting(h http.Header) {
 	}
 }
 
-// trackIdle is the http.Server's ConnState hook: it keeps each limit's set of idle
-// connections, longest idle first, and wakes a waiting Accept when one goes idle.
+// trackIdle is the http.Server's ConnState hook: it keeps each limit's lists of idle
+// connections and of new ones still reading their first request's headers, longest first,
+// and wakes a waiting Accept when a connection joins one.
 func trackIdle(c net.Conn, s http.ConnState) {
 	lc, ok := c.(*limitedConn)
 	if !ok {
@@ -122,14 +133,19 @@ func trackIdle(c net.Conn, s http.ConnState) {
 	}
 	l := lc.limit
 	l.mu.Lock()
-	l.idle.remove(lc)
-	if s == http.StateIdle {
+	if lc.in != nil {
+		lc.in.remove(lc)
+	}
+	switch s {
+	case http.StateIdle:
 		l.idle.pushBack(lc)
+	case http.StateNew:
+		l.fresh.pushBack(lc)
 	}
 	l.mu.Unlock()
-	// A waiter counts itself before it looks for an idle connection, so one pushed after
+	// A waiter counts itself before it looks for a connection to close, so one pushed after
 	// its look is signalled here.
-	if s == http.StateIdle && l.waiting.Load() > 0 {
+	if (s == http.StateIdle || s == http.StateNew) && l.waiting.Load() > 0 {
 		select {
 		case l.idled <- struct{}{}:
 		default:
@@ -149,30 +165,54 @@ func (l *connLimit) acquire(done <-chan struct{}) bool {
 	}
 	l.waiting.Add(1)
 	defer l.waiting.Add(-1)
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	for {
-		l.closeLongestIdle()
+		var expired <-chan time.Time
+		if wait := l.makeRoom(time.Now()); wait > 0 {
+			if timer == nil {
+				timer = time.NewTimer(wait)
+			} else {
+				timer.Reset(wait)
+			}
+			expired = timer.C
+		}
 		select {
 		case l.slots <- struct{}{}:
 			return true
 		case <-l.idled:
+		case <-expired:
 		case <-done:
 			return false
 		}
 	}
 }
 
-// closeLongestIdle closes the connection idle the longest, if there is one; closing it frees
-// its slot.
-func (l *connLimit) closeLongestIdle() {
+// makeRoom closes the connection idle the longest or, with none idle, the one that has
+// waited the longest for its first request's headers if it has had newConnGrace; closing it
+// frees its slot. Otherwise it returns how long until the oldest new connection's grace ends
+// (0: there is none).
+func (l *connLimit) makeRoom(now time.Time) time.Duration {
 	l.mu.Lock()
 	lc := l.idle.head
 	if lc != nil {
 		l.idle.remove(lc)
+	} else if lc = l.fresh.head; lc != nil {
+		if wait := lc.accepted.Add(newConnGrace).Sub(now); wait > 0 {
+			l.mu.Unlock()
+			return wait
+		}
+		l.fresh.remove(lc)
 	}
 	l.mu.Unlock()
 	if lc != nil {
 		_ = lc.Close()
 	}
+	return 0
 }
 
 func (l *connLimit) release() {
@@ -201,7 +241,7 @@ func (ln *limitedListener) Accept() (net.Conn, error) {
 	if ln.limit.metrics != nil {
 		ln.limit.metrics.ClientConnOpened()
 	}
-	return &limitedConn{Conn: c, limit: ln.limit}, nil
+	return &limitedConn{Conn: c, limit: ln.limit, accepted: time.Now()}, nil
 }
 
 func (ln *limitedListener) Close() error {
@@ -212,10 +252,11 @@ func (ln *limitedListener) Close() error {
 type limitedConn struct {
 	net.Conn
 	limit     *connLimit
+	accepted  time.Time
 	closeOnce sync.Once
 
-	// In limit.idle, guarded by limit.mu.
-	idle       bool
+	// In limit.idle or limit.fresh, guarded by limit.mu.
+	in         *connList
 	prev, next *limitedConn
 }
 

@@ -89,6 +89,8 @@ func FuzzRewrite(f *testing.F) {
 	f.Add("Connection", "Authorization, X-Pleo-Company-Id", "/v1/../../admin", "")
 	f.Add("Proxy-Authorization", "Basic eDp5", "//evil.example/x", "127.0.0.2")
 	f.Add("X-Tenant-Id", "tenant-b", "/v1/x?company_id="+companyA, "x")
+	f.Add("X-A", "b", "/v1/caf\xc3\xa9/a%2Fb?filter=a;b&bad=%zz&q=a+b", "")
+	f.Add("X-A", "b", "/v1/x?", "")
 	store := credentials.NewMemoryStore()
 	if err := store.PutAll(context.Background(), []credentials.Credential{
 		{CompanyID: companyA, TenantID: "tenant-a", Type: credentials.IntegratedAPIKey, APIKey: keyA},
@@ -134,6 +136,10 @@ func FuzzRewrite(f *testing.F) {
 		}
 		if !strings.HasPrefix(out.URL.Path, "/base/") && out.URL.Path != "/base" {
 			t.Fatalf("path %q escaped the upstream's prefix", out.URL.Path)
+		}
+		// The request line carries the caller's target byte for byte, after the prefix.
+		if got := out.URL.RequestURI(); got != "/base"+target {
+			t.Fatalf("request target %q, want %q", got, "/base"+target)
 		}
 		if a := out.Header.Values("Authorization"); len(a) != 1 || a[0] != credentials.BasicAuthorization(keyA) {
 			t.Fatalf("Authorization upstream = %q", a)

@@ -7,11 +7,13 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -110,8 +112,15 @@ func New(opts Options) (*Handler, error) {
 	h.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(&upstream) // the destination never comes from the request
+			setRawTarget(pr.Out, pr.In, &upstream)
 			st := stateFrom(pr.In.Context())
 			out := pr.Out.Header
+			// Expect is hop by hop here: a body buffered for the retry was already read,
+			// answered with the one 100 Continue the caller sees, so the upstream is not
+			// asked for another. A streamed HTTP/1 body keeps it (see continueGate).
+			if !st.streamExpect {
+				out.Del("Expect")
+			}
 			out.Del("Proxy-Authorization")
 			out.Del(companyHeader)
 			out.Del(tenantHeader)
@@ -149,6 +158,7 @@ type requestState struct {
 	idHeader       []string // X-Request-Id as a header value
 	grant          credentials.Grant
 	body           *replayBody
+	streamExpect   bool // Expect goes upstream with a streamed HTTP/1 body
 	attempts       int
 	errCode        Code
 }
@@ -198,10 +208,34 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x := &exchange{rw: recorder{ResponseWriter: w, limit: limitOf(r.Context())}}
 	x.st.requestID = x.requestID(r)
 	rw, st := &x.rw, &x.st
-	defer h.finish(rw, r, st, start)
+	defer func() {
+		// ReverseProxy aborts with http.ErrAbortHandler when copying the response fails,
+		// the caller's side or the upstream's; the exchange is logged, then the panic goes on
+		// to net/http, which closes the connection.
+		v := recover()
+		h.finish(rw, r, st, start, v == http.ErrAbortHandler)
+		if v != nil {
+			panic(v)
+		}
+	}()
 
-	if r.Method == http.MethodConnect || r.Method == http.MethodTrace {
+	if r.Method == http.MethodConnect || r.Method == http.MethodTrace || r.Method == "PRI" {
 		h.writeProblem(rw, st, &Problem{Code: CodeMethodNotAllowed, Detail: r.Method + " is not forwarded"})
+		return
+	}
+	if up := r.Header["Upgrade"]; len(up) > 0 {
+		if !onlyH2C(up) {
+			h.writeProblem(rw, st, &Problem{Code: CodeUpgradeNotSupported, Detail: "protocol upgrades (Upgrade: websocket and the like) are not forwarded"})
+			return
+		}
+		// An offer to upgrade to HTTP/2 (Java's HttpClient makes it by default on http://)
+		// is declined as RFC 9113 allows: the request is served over HTTP/1.1, and the offer
+		// never goes upstream.
+		r.Header.Del("Upgrade")
+		r.Header.Del("Http2-Settings")
+	}
+	if n := requestHeadSize(r); n > MaxRequestHeadBytes {
+		h.writeProblem(rw, st, &Problem{Code: CodeRequestHeaderTooLarge, Detail: "the request line and header fields exceed " + strconv.Itoa(MaxRequestHeadBytes>>10) + " KiB"})
 		return
 	}
 	if tokens := *h.clientTokens.Load(); len(tokens) > 0 && !clientAuthenticated(r, tokens) {
@@ -233,14 +267,28 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.writeProblem(rw, st, problemFor(err, company))
 		return
 	}
+	if !st.body.replayable() && r.ProtoMajor == 1 && out.Body != nil {
+		// A streamed body is read only as the upstream takes it. Expect: 100-continue goes
+		// upstream with it, and the caller sees one 100 Continue: the upstream's, or the
+		// server's own once the body is read first (the gate drops whichever comes second).
+		st.streamExpect = true
+		out.Body = &continueBody{ReadCloser: out.Body, gate: &rw.gate}
+	} else {
+		rw.gate.bodyRead = true // read already (or none): any upstream 100 is one too many
+	}
 	h.rp.ServeHTTP(rw, out)
 }
 
-func (h *Handler) finish(rw *recorder, r *http.Request, st *requestState, start time.Time) {
+func (h *Handler) finish(rw *recorder, r *http.Request, st *requestState, start time.Time, aborted bool) {
 	d := h.now().Sub(start)
 	status := rw.status
 	if status == 0 {
 		status = http.StatusOK
+	}
+	if rw.writeFailed || aborted && r.Context().Err() != nil {
+		// The caller went away before its answer was complete: whatever status was sent,
+		// the exchange did not finish (nginx's 499).
+		status = statusClientClosed
 	}
 	ct := st.credentialType
 	if ct == "" {
@@ -391,11 +439,19 @@ func visibleASCII(s string) bool {
 // ReverseProxy's ResponseController reach Flush on the real writer.
 type recorder struct {
 	http.ResponseWriter
-	status int
-	limit  *connLimit // nil when the connection is not limited
+	status      int
+	writeFailed bool       // a write to the caller failed: it went away
+	limit       *connLimit // nil when the connection is not limited
+	gate        continueGate
 }
 
 func (rw *recorder) WriteHeader(code int) {
+	if code < 200 && code != http.StatusSwitchingProtocols {
+		// An informational response relayed from the upstream (ReverseProxy's
+		// Got1xxResponse), maybe once per attempt: the caller sees each at most once.
+		rw.gate.relay1xx(rw.ResponseWriter, code)
+		return
+	}
 	if rw.status == 0 && code >= 200 {
 		rw.status = code
 		rw.limit.closeIfWaiting(rw.Header())
@@ -408,10 +464,108 @@ func (rw *recorder) Write(p []byte) (int, error) {
 		rw.status = http.StatusOK
 		rw.limit.closeIfWaiting(rw.Header())
 	}
-	return rw.ResponseWriter.Write(p)
+	n, err := rw.ResponseWriter.Write(p)
+	if err != nil {
+		rw.writeFailed = true
+	}
+	return n, err
 }
 
 func (rw *recorder) Unwrap() http.ResponseWriter { return rw.ResponseWriter }
+
+// onlyH2C reports whether an Upgrade header offers nothing but HTTP/2 over cleartext.
+func onlyH2C(values []string) bool {
+	for _, v := range values {
+		for p := range strings.SplitSeq(v, ",") {
+			if !strings.EqualFold(strings.TrimSpace(p), "h2c") {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// continueGate lets the caller see at most one 100 Continue and each other 1xx status at
+// most once. net/http's server sends its own 100 Continue when the handler first reads a body
+// the caller sent with Expect: 100-continue, unless a 100 was written before; the upstream's
+// 100 (relayed by ReverseProxy) is passed on only when it comes first, for a streamed body.
+type continueGate struct {
+	mu       sync.Mutex
+	bodyRead bool   // the body was read (the server's own 100 went) or there is none to read
+	sent     uint64 // bit c-100: status c was relayed
+}
+
+// relay1xx writes the informational status code to w unless the caller has seen it (or,
+// for 100, the body was already read).
+func (g *continueGate) relay1xx(w http.ResponseWriter, code int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	bit := uint64(1) << uint(code-100)
+	if code-100 >= 64 || g.sent&bit != 0 || (code == http.StatusContinue && g.bodyRead) {
+		clear(w.Header()) // ReverseProxy copied the 1xx's headers in; they must not leak into the answer
+		return
+	}
+	g.sent |= bit
+	w.WriteHeader(code)
+}
+
+// continueBody notes the first read of a streamed body, which makes net/http's server send
+// its own 100 Continue unless the upstream's went first.
+type continueBody struct {
+	io.ReadCloser
+	gate *continueGate
+	read bool
+}
+
+func (b *continueBody) Read(p []byte) (int, error) {
+	if !b.read {
+		b.read = true
+		b.gate.mu.Lock()
+		b.gate.bodyRead = true
+		b.gate.mu.Unlock()
+	}
+	return b.ReadCloser.Read(p)
+}
+
+// setRawTarget makes out's request target the inbound one byte for byte: the raw path (after
+// the upstream's own path) and the raw query as the caller sent them. url.URL would re-encode
+// a path it cannot represent as sent, and ReverseProxy drops query parameters it cannot parse
+// before Rewrite runs.
+func setRawTarget(out, in *http.Request, upstream *url.URL) {
+	uri := in.RequestURI
+	if !strings.HasPrefix(uri, "/") {
+		// An absolute-form target ("GET http://host/path"): the destination is ignored and
+		// the parsed path kept.
+		out.URL.RawQuery = joinQuery(upstream.RawQuery, in.URL.RawQuery)
+		return
+	}
+	path, query, hasQuery := strings.Cut(uri, "?")
+	out.URL.RawQuery = joinQuery(upstream.RawQuery, query)
+	out.URL.ForceQuery = hasQuery && out.URL.RawQuery == ""
+	path = strings.TrimSuffix(upstream.EscapedPath(), "/") + path
+	if !strings.HasPrefix(path, "//") { // "//x" in Opaque would read as an authority
+		out.URL.Opaque = path
+	}
+}
+
+func joinQuery(a, b string) string {
+	if a == "" || b == "" {
+		return a + b
+	}
+	return a + "&" + b
+}
+
+// requestHeadSize is the size of r's request line and header fields as sent (for HTTP/2, as
+// if sent in HTTP/1.1), the measure MaxRequestHeadBytes bounds.
+func requestHeadSize(r *http.Request) int {
+	n := len(r.Method) + 1 + len(r.RequestURI) + len(" HTTP/1.1\r\n") + len("Host: \r\n") + len(r.Host) + 2
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += len(k) + len(": \r\n") + len(v)
+		}
+	}
+	return n
+}
 
 // bufferPool recycles the ReverseProxy's 32 KiB copy buffers.
 type bufferPool struct{}

@@ -91,7 +91,7 @@ func TestHostileRequests(t *testing.T) {
 		{"oversized head", "GET /v1/x HTTP/1.1\r\nHost: a\r\n" + hdr + "X-Big: " + strings.Repeat("a", proxy.MaxHeaderBytes+8192) + "\r\n\r\n", 431, 0},
 		{"Host with userinfo", "GET /v1/x HTTP/1.1\r\nHost: evil@127.0.0.2\r\n" + hdr + "Connection: close\r\n\r\n", 400, 0},
 		{"pipelined second request for another company", "GET /v1/a HTTP/1.1\r\nHost: a\r\n" + hdr + "\r\nGET /v1/b HTTP/1.1\r\nHost: a\r\nX-Pleo-Company-Id: " + companyB + "\r\nConnection: close\r\n\r\n", 200, 2},
-		{"Upgrade goes to the upstream only", "GET /v1/ws HTTP/1.1\r\nHost: a\r\n" + hdr + "Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 200, 1},
+		{"Upgrade is refused, never forwarded", "GET /v1/ws HTTP/1.1\r\nHost: a\r\n" + hdr + "Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 501, 0},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -136,10 +136,12 @@ func TestObservabilityEveryPath(t *testing.T) {
 		status         int
 	}{
 		{"GET", "/v1/x", nil, 400}, // company_missing
-		{"GET", "/v1/x", map[string]string{"X-Pleo-Company-Id": "acme"}, 400},                      // company_invalid
-		{"GET", "/v1/x?company_id=" + keyCo, map[string]string{"X-Pleo-Company-Id": expired}, 400}, // company_mismatch
-		{"GET", "/v1/x", map[string]string{"X-Pleo-Company-Id": oaCompany(999)}, 403},              // company_unknown
-		{"TRACE", "/v1/x", map[string]string{"X-Pleo-Company-Id": expired}, 405},                   // method_not_allowed
+		{"GET", "/v1/x", map[string]string{"X-Pleo-Company-Id": "acme"}, 400},                                                           // company_invalid
+		{"GET", "/v1/x?company_id=" + keyCo, map[string]string{"X-Pleo-Company-Id": expired}, 400},                                      // company_mismatch
+		{"GET", "/v1/x", map[string]string{"X-Pleo-Company-Id": oaCompany(999)}, 403},                                                   // company_unknown
+		{"TRACE", "/v1/x", map[string]string{"X-Pleo-Company-Id": expired}, 405},                                                        // method_not_allowed
+		{"GET", "/v1/x", map[string]string{"X-Pleo-Company-Id": expired, "Upgrade": "websocket"}, 501},                                  // upgrade_not_supported
+		{"GET", "/v1/x", map[string]string{"X-Pleo-Company-Id": expired, "X-Big": strings.Repeat("a", proxy.MaxRequestHeadBytes)}, 431}, // request_header_too_large
 	} {
 		if got := raw(c.method, c.target, c.header); got != c.status {
 			t.Fatalf("%s %s: %d, want %d", c.method, c.target, got, c.status)

@@ -24,6 +24,13 @@ const (
 	CodeUpstreamUnreachable     Code = "upstream_unreachable"
 	CodeUpstreamTimeout         Code = "upstream_timeout"
 	CodeStoreUnavailable        Code = "store_unavailable"
+	// CodeUpgradeNotSupported refuses a request asking to switch protocols (Upgrade:
+	// websocket and the like; an h2c offer alone is declined and the request served):
+	// Pleo's API has none, and the sidecar never forwards one.
+	CodeUpgradeNotSupported Code = "upgrade_not_supported"
+	// CodeRequestHeaderTooLarge refuses a request whose request line and header fields
+	// exceed MaxRequestHeadBytes.
+	CodeRequestHeaderTooLarge Code = "request_header_too_large"
 )
 
 // spec is one row of the error table: the status, a fixed title, and the RFC 9209
@@ -48,6 +55,8 @@ var problems = map[Code]spec{
 	CodeUpstreamUnreachable:     {http.StatusBadGateway, "Upstream unreachable", "destination_unavailable"},
 	CodeUpstreamTimeout:         {http.StatusGatewayTimeout, "Upstream timed out", "http_response_timeout"},
 	CodeStoreUnavailable:        {http.StatusServiceUnavailable, "Credential store unavailable", "proxy_internal_error"},
+	CodeUpgradeNotSupported:     {http.StatusNotImplemented, "Protocol upgrade not supported", "http_request_denied"},
+	CodeRequestHeaderTooLarge:   {http.StatusRequestHeaderFieldsTooLarge, "Request header too large", "http_request_error"},
 }
 
 // Codes lists every code, for tests and documentation.

@@ -424,7 +424,8 @@ func TestEveryCodeHasAStatus(t *testing.T) {
 		"company_missing": 400, "company_invalid": 400, "company_mismatch": 400, "company_unknown": 403,
 		"client_unauthenticated": 407, "method_not_allowed": 405, "credential_expired": 401,
 		"reauthorization_required": 401, "token_endpoint_error": 502, "upstream_unreachable": 502,
-		"upstream_timeout": 504, "store_unavailable": 503,
+		"upstream_timeout": 504, "store_unavailable": 503, "upgrade_not_supported": 501,
+		"request_header_too_large": 431,
 	}
 	codes := proxy.Codes()
 	if len(codes) != len(want) {

@@ -37,15 +37,9 @@ func (s *Selector) Select(ctx context.Context, r *http.Request) (string, error) 
 	if err != nil {
 		return "", err
 	}
-	fromQuery := ""
-	if strings.Contains(r.URL.RawQuery, "company_id") {
-		q, perr := url.ParseQuery(r.URL.RawQuery)
-		if perr != nil {
-			return "", &Problem{Code: CodeCompanyInvalid, Detail: "the query string is malformed"}
-		}
-		if fromQuery, err = companyFromValues(q["company_id"], "query parameter company_id"); err != nil {
-			return "", err
-		}
+	fromQuery, err := companyFromQuery(r.URL.RawQuery)
+	if err != nil {
+		return "", err
 	}
 	if fromHeader != "" && fromQuery != "" && fromHeader != fromQuery {
 		return "", &Problem{Code: CodeCompanyMismatch, Detail: "header " + s.CompanyHeader + " and query parameter company_id name different companies"}
@@ -104,6 +98,95 @@ func companyFromValues(values []string, what string) (string, error) {
 		}
 	}
 	return first, nil
+}
+
+// companyParam is the query parameter that names a company in Pleo's API.
+const companyParam = "company_id"
+
+// companyFromQuery reads company_id from a raw query the way the upstream will: keys are
+// percent-decoded ("company%5Fid" and "%63ompany_id" are company_id) and compared without
+// regard to case; repeated values must agree. A query that cannot be read unambiguously and
+// might name a company is refused with company_invalid: a ';' (some servers split on it) in a
+// query where a key decodes to company_id, or a malformed escape in a key that reads as
+// "company" or in a company_id value. A query that cannot name a company costs one scan.
+func companyFromQuery(raw string) (string, error) {
+	if raw == "" || (strings.IndexByte(raw, '%') < 0 && !containsFold(raw, "company")) {
+		return "", nil
+	}
+	semicolon := strings.IndexByte(raw, ';') >= 0
+	var values []string
+	for seg := range strings.FieldsFuncSeq(raw, func(c rune) bool { return c == '&' || c == ';' }) {
+		rawKey, rawValue, _ := strings.Cut(seg, "=")
+		key, err := url.QueryUnescape(rawKey)
+		if err != nil {
+			if containsFold(lenientUnescape(rawKey), "company") {
+				return "", &Problem{Code: CodeCompanyInvalid, Detail: "the query string has a malformed escape in a key that may name the company"}
+			}
+			continue
+		}
+		if !strings.EqualFold(key, companyParam) {
+			continue
+		}
+		if semicolon {
+			return "", &Problem{Code: CodeCompanyInvalid, Detail: "the query string names company_id and has a ';', which servers read differently"}
+		}
+		value, err := url.QueryUnescape(rawValue)
+		if err != nil {
+			return "", &Problem{Code: CodeCompanyInvalid, Detail: "query parameter company_id has a malformed escape"}
+		}
+		values = append(values, value)
+	}
+	return companyFromValues(values, "query parameter company_id")
+}
+
+// lenientUnescape decodes the valid %XX escapes of s and leaves malformed ones as they are, as
+// a lenient server would.
+func lenientUnescape(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && i+2 < len(s) && ishex(s[i+1]) && ishex(s[i+2]) {
+			b.WriteByte(unhex(s[i+1])<<4 | unhex(s[i+2]))
+			i += 2
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func ishex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0'
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10
+	default:
+		return c - 'A' + 10
+	}
+}
+
+// containsFold reports whether s contains the lower-case ASCII word sub, ignoring case.
+func containsFold(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		j := 0
+		for ; j < len(sub); j++ {
+			c := s[i+j]
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			if c != sub[j] {
+				break
+			}
+		}
+		if j == len(sub) {
+			return true
+		}
+	}
+	return false
 }
 
 func printable(s string) bool {

@@ -5,12 +5,12 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"time"
 
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/metrics"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/outbound"
 )
 
 // Authorizer hands out the grant for a company and a new one after a 401.
@@ -28,33 +28,21 @@ type acceptor interface {
 	Accepted(ctx context.Context, companyID string, g credentials.Grant)
 }
 
-// NewUpstreamTransport returns the transport for the one upstream host: keep-alive
-// connections sized for a busy sidecar, HTTP/2 over TLS, no proxy from the environment
-// (credentials go only to the upstream), timeout as the time allowed to the response headers,
-// and at most maxConns connections open at once (0: no bound). Requests beyond maxConns wait
-// for a connection to be free: each HTTP/1.1 connection costs two goroutines and 8 KiB of
-// buffers, so the bound is what keeps a burst of concurrent requests from doubling the
-// sidecar's memory (HTTP/2 carries many requests on each connection).
+// NewUpstreamTransport returns the transport for the one upstream host: the sidecar's outbound
+// policy (package outbound: no proxy from the environment, shared dial and TLS timeouts),
+// keep-alive connections sized for a busy sidecar, HTTP/2 over TLS, no compression of its own
+// (the caller's Accept-Encoding and the upstream's encoding pass through), timeout as the time
+// allowed to the response headers, and at most maxConns connections open at once (0: no
+// bound). Requests beyond maxConns wait for a connection to be free: each HTTP/1.1 connection
+// costs two goroutines and 8 KiB of buffers, so the bound is what keeps a burst of concurrent
+// requests from doubling the sidecar's memory (HTTP/2 carries many requests on each
+// connection).
 func NewUpstreamTransport(timeout time.Duration, maxConns int) *http.Transport {
-	idle := 512
-	if maxConns > 0 {
-		idle = maxConns
-	}
-	return &http.Transport{
-		Proxy: nil,
-		DialContext: (&net.Dialer{
-			Timeout:   10 * time.Second,
-			KeepAlive: 30 * time.Second,
-		}).DialContext,
-		ForceAttemptHTTP2:     true,
-		MaxConnsPerHost:       maxConns,
-		MaxIdleConns:          idle,
-		MaxIdleConnsPerHost:   idle,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ResponseHeaderTimeout: timeout,
-		ExpectContinueTimeout: time.Second,
-	}
+	t := outbound.NewTransport(outbound.Options{ResponseHeaderTimeout: timeout, MaxConns: maxConns})
+	// The caller's Accept-Encoding goes upstream as sent, and the response as Pleo sent it:
+	// the transport neither asks for gzip on its own nor unpacks it.
+	t.DisableCompression = true
+	return t
 }
 
 // DefaultMaxConns is PLEO_PROXY_UPSTREAM_MAX_CONNS's default, and the bound of the transport
