@@ -153,7 +153,7 @@ func (b *Broker) statusOf(c Credential, now time.Time) Status {
 		return StatusReauthorizationRequired
 	case c.Type.IsAPIKey() && c.Expired(now):
 		return StatusExpired
-	case c.Type.IsAPIKey() && b.keyRejected(c):
+	case c.Type.IsAPIKey() && b.keyRejected(c), c.InCooldown():
 		return StatusUnauthorized
 	}
 	return StatusActive
