@@ -6,6 +6,7 @@
 //	touch -url U -ids F       send one request per company id, -c at a time
 //	storm -url U -ids F       -per concurrent requests for every company, all released at once
 //	vegstats -rate R          read vegeta's CSV results; latency percentiles from when due
+//	h2stats -log F            read h2load's output and --log-file; counts and latency percentiles
 //	report -in F              print the markdown report from the results file bench/run wrote
 //
 // Everything it contacts is a URL it is given; bench/run gives it loopback URLs only. Every
@@ -19,7 +20,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: loadtool ports|wait|creds|touch|storm|vegstats|report [flags]")
+		fmt.Fprintln(os.Stderr, "usage: loadtool ports|wait|creds|touch|storm|vegstats|h2stats|report [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -37,6 +38,8 @@ func main() {
 		err = storm(args)
 	case "vegstats":
 		err = vegstats(args)
+	case "h2stats":
+		err = h2stats(args)
 	case "report":
 		err = report(args)
 	default:
