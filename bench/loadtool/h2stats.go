@@ -25,7 +25,7 @@ var (
 	h2Statuses = regexp.MustCompile(`^status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx`)
 )
 
-// h2stats reads h2load's output on standard input and its per-request log (-log, the file of
+// h2stats reads h2load's output on standard input (which must say it spoke h2c) and its per-request log (-log, the file of
 // h2load --log-file: start time, status, microseconds to the end of the response) and prints
 // one line of key=value pairs in the keys the report reads: requests (done), duration_us,
 // errors (failed), non2xx (3xx–5xx), timeouts, and latency percentiles from the log.
@@ -36,9 +36,13 @@ func h2stats(args []string) error {
 		return err
 	}
 	out := map[string]int64{}
+	proto := ""
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		line := sc.Text()
+		if p, ok := strings.CutPrefix(line, "Application protocol: "); ok {
+			proto = p
+		}
 		if m := h2Finished.FindStringSubmatch(line); m != nil {
 			v, err := strconv.ParseFloat(m[1], 64)
 			if err != nil {
@@ -61,6 +65,9 @@ func h2stats(args []string) error {
 	}
 	if err := sc.Err(); err != nil {
 		return err
+	}
+	if proto != "h2c" {
+		return fmt.Errorf("h2stats: h2load spoke %q, not h2c", proto)
 	}
 	if out["duration_us"] == 0 || out["requests"] == 0 {
 		return errors.New("h2stats: no \"finished in\" or \"requests:\" line with requests done in h2load's output")

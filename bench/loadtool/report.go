@@ -463,7 +463,7 @@ func h2cReport(p func(string, ...any), r *results) {
 	}
 	const h2L = "h2"
 	p("\n### HTTP/2 cleartext (prior knowledge)\n\n")
-	p("`h2load -t%s -c%s -m%s -D %s` (%s, h2c with prior knowledge: %s connections × %s concurrent streams), `GET /v1/bench` with `X-Pleo-Company-Id` of one warm company; %s round(s) after the HTTP/1.1 rounds, medians over rounds. Latency from send (closed loop), from h2load's per-request log. The proxies speak HTTP/1.1 to the upstream. Informational: no targets.\n\n",
+	p("`h2load -t%s -c%s -m%s -D %s` (%s, h2c with prior knowledge: %s connections × %s concurrent streams), `GET /v1/bench` with `X-Pleo-Company-Id` of one warm company; %s round(s) of a, c, d (after the HTTP/1.1 rounds, if they ran), medians over rounds. Latency from send (closed loop), from h2load's per-request log. The proxies speak HTTP/1.1 to the upstream. Informational: no targets.\n\n",
 		r.meta("h2c_threads"), r.meta("h2c_clients"), r.meta("h2c_streams"), r.meta("duration"), r.meta("h2load"),
 		r.meta("h2c_clients"), r.meta("h2c_streams"), r.meta("rounds"))
 	header := []string{"measurement"}
