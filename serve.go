@@ -187,6 +187,7 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		// transport's header timeout is only a backstop beyond that.
 		HTTPClient:    outbound.NewClient(outbound.NewTransport(outbound.Options{ResponseHeaderTimeout: 3 * cfg.TokenTimeout}), 0),
 		OnStateChange: func(c credentials.Credential, s credentials.Status) { notifier.Notify(c, events.State(s)) },
+		SweepLeader:   sweepLeader(rawStore),
 	})
 	if err != nil {
 		return err
@@ -482,6 +483,12 @@ func (b brokerStatus) List(ctx context.Context) ([]credentials.Credential, error
 
 func (b brokerStatus) StatusOf(c credentials.Credential) credentials.Status {
 	return b.broker.StatusOf(c)
+}
+
+// sweepLeader is the store's sweep lead when many replicas share it (PostgreSQL), else nil.
+func sweepLeader(store credentials.Store) credentials.SweepLeader {
+	l, _ := store.(credentials.SweepLeader)
+	return l
 }
 
 // newNotifier builds the event notifier for PLEO_PROXY_EVENTS_URL, or returns nil (events off).

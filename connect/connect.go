@@ -451,10 +451,13 @@ func (h *Handler) complete(ctx context.Context, r *http.Request) (tenant, compan
 	if h.secrets != nil {
 		h.secrets.Add(access, refresh)
 	}
-	if refresh == "" || access == "" {
+	if access == "" {
 		return st.Tenant, "", &failure{status: http.StatusBadGateway, reason: metrics.ConnectExchangeFailed,
-			err:  errors.New("token response without an access or refresh token"),
-			page: page{Title: "Connection failed", Message: "Pleo's answer carried no refresh token, so the connection could not be kept."}}
+			err:  errors.New("token response without an access token"),
+			page: page{Title: "Connection failed", Message: "Pleo's answer carried no access token. Nothing was stored; try again later."}}
+	}
+	if refresh == "" {
+		return st.Tenant, "", h.noRefreshToken(ctx, access, st.Tenant)
 	}
 
 	company, err = LookupCompany(ctx, h.client, h.upstream, credentials.Secret("Bearer "+access))
@@ -481,6 +484,29 @@ func (h *Handler) complete(ctx context.Context, r *http.Request) (tenant, compan
 		return st.Tenant, company, f
 	}
 	return st.Tenant, company, nil
+}
+
+// noRefreshTokenHint says which scopes grant a refresh token.
+const noRefreshTokenHint = "the scopes requested (PLEO_PROXY_OAUTH_SCOPES) must include the one that grants offline access " +
+	"(a refresh token), e.g. offline_access or offline, as the authorisation server names it"
+
+// noRefreshToken is a code exchange whose answer carried an access token but no refresh
+// token: the connection cannot be kept past the access token's life, so nothing is stored
+// and what was issued is revoked (DELETE /v1/installations/me, best effort).
+func (h *Handler) noRefreshToken(ctx context.Context, access, tenant string) *failure {
+	revoked, said := "revoked", "the access Pleo granted was revoked"
+	if err := RevokeInstallation(ctx, h.client, h.upstream, credentials.Secret("Bearer "+access)); err != nil {
+		revoked, said = "not revoked: "+err.Error(), "the access Pleo granted could not be revoked (it expires by itself)"
+		h.log.Warn("consent flow: could not revoke the tokens of an answer without a refresh token", "tenant_id", tenant, "error", err)
+	} else {
+		h.log.Info("consent flow: revoked the tokens of an answer without a refresh token", "tenant_id", tenant)
+	}
+	return &failure{status: http.StatusBadGateway, reason: metrics.ConnectNoRefreshToken,
+		err: fmt.Errorf("token response without a refresh token (access token %s): %s", revoked, noRefreshTokenHint),
+		page: page{Title: "Connection failed",
+			Message: "Pleo granted access without a refresh token, so the connection could not be kept. " +
+				"Nothing was stored, and " + said + ". The operator must request the scope that grants offline access.",
+			Details: []detail{{"Reason", "no_refresh_token"}, {"Hint", noRefreshTokenHint}}}}
 }
 
 // maxStoreAttempts bounds storeCredential's compare-and-swap retries.

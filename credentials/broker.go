@@ -73,6 +73,10 @@ type BrokerOptions struct {
 	Logger *slog.Logger
 	// Metrics records cache and refresh metrics (nil: none).
 	Metrics *metrics.Metrics
+	// SweepLeader, when set (the PostgreSQL store shared by many replicas), decides which
+	// replica runs the full background sweep; the others refresh only the credentials they
+	// hold in their cache (nil: this process always sweeps everything).
+	SweepLeader SweepLeader
 	// OnStateChange, when set, is told when this process records or sees a credential enter
 	// reauthorization_required (its refresh token rejected), unauthorized (its API key
 	// answered 401) or expired (its API key passed expires_at while the broker ran). It is
@@ -104,6 +108,7 @@ type Broker struct {
 	metrics       *metrics.Metrics
 	secrets       *redact.Set
 	onState       func(Credential, Status)
+	leader        SweepLeader
 	lastSweep     time.Time // the previous Sweep's clock reading (the broker's start at first)
 
 	cache   *lru.Cache[string, *entry]
@@ -117,8 +122,16 @@ type Broker struct {
 	rejected map[string][32]byte    // company -> hash of the refresh token the endpoint rejected
 	badKeys  map[string]int64       // company -> version of the credential whose API key the upstream answered 401 to
 	backoff  map[string]backoffState
-	writers  map[string]bool // companies with a write-retry goroutine running
-	unknown  sync.Map        // company -> unknownOutcome: a refresh token presented without an answer read
+	// clientErrors: some back-off in backoff is for a client error (see refreshSucceeded).
+	clientErrors bool
+	writers      map[string]bool // companies with a write-retry goroutine running
+	// probation: company -> hash ([32]byte) of the grant a 401-triggered refresh obtained,
+	// until the upstream accepts it (see cooldown.go); a sync.Map, because Accepted reads it
+	// on the request path without a lock. probations counts its entries for a faster path.
+	probation  sync.Map
+	probations atomic.Int64
+	clamped    map[string]bool // companies warned that their tokens live shorter than RefreshBefore
+	unknown    sync.Map        // company -> unknownOutcome: a refresh token presented without an answer read
 
 	stop        context.CancelFunc
 	stopCtx     context.Context
@@ -134,8 +147,10 @@ type pendingPair struct {
 }
 
 type backoffState struct {
-	failures int
-	until    time.Time
+	failures    int
+	until       time.Time
+	retryAfter  bool // until honours the token endpoint's Retry-After
+	clientError bool // invalid_client or unauthorized_client: the OAuth client is misconfigured
 }
 
 // entry is an immutable cached credential with its precomputed grant.
@@ -199,6 +214,7 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 		metrics:       opts.Metrics,
 		secrets:       opts.Secrets,
 		onState:       opts.OnStateChange,
+		leader:        opts.SweepLeader,
 		lastSweep:     opts.Now(),
 		cache:         cache,
 		tenants:       tenants,
@@ -207,6 +223,7 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 		badKeys:       make(map[string]int64),
 		backoff:       make(map[string]backoffState),
 		writers:       make(map[string]bool),
+		clamped:       make(map[string]bool),
 	}
 	if opts.OAuth.ClientID != "" {
 		b.oauth = &oauth2.Config{
@@ -285,11 +302,16 @@ func (b *Broker) CompanyForTenant(ctx context.Context, tenantID string) (string,
 // that is not within RefreshBefore of its expiry (refreshing it first when it is). Errors are
 // ErrNotFound, ErrCredentialExpired, ErrReauthorizationRequired, ErrTokenEndpoint or
 // ErrStoreUnavailable, wrapped.
-func (b *Broker) Authorize(ctx context.Context, companyID string) (Grant, error) {
+func (b *Broker) Authorize(ctx context.Context, companyID string) (_ Grant, err error) {
 	e, err := b.lookup(ctx, companyID)
 	if err != nil {
 		return Grant{}, err
 	}
+	defer func() {
+		if err != nil {
+			err = &typedError{typ: e.cred.Type, err: err} // a credential was chosen: say which type
+		}
+	}()
 	now := b.now()
 	if e.cred.Type.IsAPIKey() {
 		if e.cred.Expired(now) {
@@ -323,6 +345,9 @@ func (b *Broker) Authorize(ctx context.Context, companyID string) (Grant, error)
 // grant differs from rejected and is worth one more attempt.
 func (b *Broker) Reauthorize(ctx context.Context, companyID string, rejected Grant) (g Grant, retry bool, err error) {
 	if rejected.Type == OAuth2 {
+		if g, retry, done, err := b.cooldownReauthorize(ctx, companyID, rejected); done {
+			return g, retry, err // a 401 cool-down, or a newer token found without a token call
+		}
 		e, err := b.refresh(ctx, companyID, TriggerUnauthorized, rejected)
 		if err == nil && e.grant.Same(rejected) {
 			// A refresh that was already in flight returned the token that was just rejected:
@@ -418,13 +443,29 @@ func (b *Broker) remember(c Credential, gen uint64) *entry {
 	return e
 }
 
+// rememberCommitted caches c, which this process has just committed to a shared store whose
+// commit announces itself to this process, unless a change other than that announcement has
+// been announced since before the commit (gen moved by more than one): c is exactly what the
+// store held at its commit, so an earlier change does not make it stale, and a later one
+// moves gen twice (or drops the entry after it is added, under cacheMu).
+func (b *Broker) rememberCommitted(c Credential, before uint64) *entry {
+	e := b.newEntry(c)
+	b.cacheMu.Lock()
+	if b.gen.Load() <= before+1 {
+		b.cache.Add(c.CompanyID, e)
+	}
+	b.cacheMu.Unlock()
+	return e
+}
+
 func (b *Broker) newEntry(c Credential) *entry {
 	b.secrets.Add(c.AccessToken.Reveal(), c.RefreshToken.Reveal(), c.APIKey.Reveal())
 	e := &entry{cred: c, grant: NewGrant(c)}
+	e.grant.cooling = c.InCooldown()
 	if c.Type == OAuth2 && !c.ExpiresAt.IsZero() {
 		// Jitter of up to a quarter of RefreshBefore, fixed per company, so a fleet does not
 		// refresh in lockstep.
-		e.refreshAt = c.ExpiresAt.Add(-b.refreshBefore - spread(c.CompanyID, b.refreshBefore/4))
+		e.refreshAt = c.ExpiresAt.Add(-b.leadTime(c, b.refreshBefore+spread(c.CompanyID, b.refreshBefore/4)))
 	} else if c.Type == OAuth2 {
 		e.refreshAt = time.Time{} // unknown expiry: refresh before first use
 	}

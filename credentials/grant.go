@@ -15,6 +15,9 @@ type Grant struct {
 	Type   Type
 	header string
 	values []string // []string{header}, built once, shared read-only
+	// cooling: the credential was in a 401 cool-down when the grant was handed out, so an
+	// accepted answer must end it (Broker.Accepted).
+	cooling bool
 }
 
 // NewGrant builds the grant for a credential: Bearer for OAuth2, HTTP Basic with the key as

@@ -36,7 +36,14 @@ const maxKeepalivePerSweep = 20
 // streams the store without secrets (Scan): what it keeps is the counts and the few
 // credentials due, which it reads whole and refreshes once the pass is over, so no store
 // connection is held across a token call.
+//
+// With a SweepLeader, only the leading replica does that pass; the others refresh the cached
+// credentials they use that are about to expire (sweepCached), reading nothing from the store,
+// and report zero for the credential gauges (the leader reports the fleet's counts).
 func (b *Broker) Sweep(ctx context.Context) int {
+	if b.leader != nil && !b.leader.LeadSweep(ctx) {
+		return b.sweepCached(ctx)
+	}
 	now := b.now()
 	b.mu.Lock()
 	since := b.lastSweep
@@ -91,6 +98,28 @@ func (b *Broker) Sweep(ctx context.Context) int {
 	return refreshed
 }
 
+// sweepCached refreshes the cached OAuth credentials due for a refresh: what a replica that
+// does not lead the sweep still does, so that its requests do not wait for a refresh.
+func (b *Broker) sweepCached(ctx context.Context) int {
+	b.metrics.SetCredentialCounts(nil)
+	b.metrics.SetExpiringCredentials(nil)
+	now := b.now()
+	refreshed := 0
+	for _, id := range b.cache.Keys() {
+		if ctx.Err() != nil {
+			break
+		}
+		e, ok := b.cache.Peek(id)
+		if !ok || e.cred.Type != OAuth2 || e.cred.State == StateReauthorizationRequired || now.Before(e.refreshAt) {
+			continue
+		}
+		if _, err := b.refresh(ctx, id, TriggerBackground, e.grant); err == nil {
+			refreshed++
+		}
+	}
+	return refreshed
+}
+
 // keepaliveDue reports whether an OAuth credential has gone unrefreshed for the keepalive
 // interval, less a per-company offset of up to a quarter of it, which spreads a fleet out.
 func (b *Broker) keepaliveDue(c Credential, now time.Time) bool {
@@ -124,7 +153,7 @@ func (b *Broker) statusOf(c Credential, now time.Time) Status {
 		return StatusReauthorizationRequired
 	case c.Type.IsAPIKey() && c.Expired(now):
 		return StatusExpired
-	case c.Type.IsAPIKey() && b.keyRejected(c):
+	case c.Type.IsAPIKey() && b.keyRejected(c), c.InCooldown():
 		return StatusUnauthorized
 	}
 	return StatusActive

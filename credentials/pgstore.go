@@ -38,11 +38,15 @@ const (
 	// pgMigrationLockKey is the advisory lock that serialises migrations
 	// (an arbitrary constant: "pleoprxy" in ASCII).
 	pgMigrationLockKey int64 = 0x706c656f70727879
-	// pgDefaultMaxConns is the pool size when the URL sets no pool_max_conns: a refresh holds
-	// one connection for the length of its token exchange.
-	pgDefaultMaxConns = 20
-	// pgDefaultConnectTimeout applies when the URL sets no connect_timeout.
-	pgDefaultConnectTimeout = 5 * time.Second
+	// pgDefaultMaxConns is the pool size when the URL sets no pool_max_conns. A refresh holds
+	// one connection for the length of its token exchange, so it bounds the refreshes one
+	// replica runs at once; requests are served from the cache and need one only on a miss.
+	// Sized for a sidecar: ten replicas open 60 backends (pool, listener, sweep lead), not 220.
+	pgDefaultMaxConns = 4
+	// pgDefaultConnectTimeout applies when the URL sets no connect_timeout: short, so a pool
+	// reconnecting after a database restart retries quickly rather than waiting out a dead
+	// attempt.
+	pgDefaultConnectTimeout = 2 * time.Second
 )
 
 // pgColumns are the credential columns, in the order scanPG reads them.
@@ -67,16 +71,21 @@ type PGStore struct {
 	origin string // this process's writer id, in notifications and refresh leases
 	subs   subscriberSet
 
+	lead      pgSweepLead
 	listening atomic.Bool
-	stop      context.CancelFunc
-	done      chan struct{}
-	closed    atomic.Bool
+	listenPID atomic.Uint32 // the listener connection's backend (tests end it)
+	// beforeReconnect, when set (tests), runs before the listener reconnects.
+	beforeReconnect atomic.Pointer[func()]
+	stop            context.CancelFunc
+	done            chan struct{}
+	closed          atomic.Bool
 }
 
 var (
 	_ Store         = (*PGStore)(nil)
 	_ RefreshLocker = (*PGStore)(nil)
 	_ KeyRotator    = (*PGStore)(nil)
+	_ SweepLeader   = (*PGStore)(nil)
 )
 
 // OpenPGStore connects to the database rawURL names (a postgres:// URL or a libpq key=value
@@ -112,14 +121,15 @@ func OpenPGStore(ctx context.Context, rawURL string, opts PGStoreOptions) (*PGSt
 		return nil, err
 	}
 	listenCfg := cfg.ConnConfig.Copy()
-	conn, err := s.connectListener(ctx, listenCfg)
+	conn, t0, err := s.connectListener(ctx, listenCfg)
 	if err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("credentials: postgres store: listen: %w", pgSafeErr(err))
 	}
+	s.lead.cfg = cfg.ConnConfig.Copy()
 	lctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
-	go s.listen(lctx, listenCfg, conn)
+	go s.listen(lctx, listenCfg, conn, t0)
 	return s, nil
 }
 
@@ -625,6 +635,9 @@ func (s *PGStore) Close() error {
 	}
 	s.stop()
 	<-s.done
+	s.lead.mu.Lock()
+	s.lead.drop()
+	s.lead.mu.Unlock()
 	s.pool.Close()
 	return nil
 }

@@ -36,6 +36,9 @@ func (b *Broker) refresh(ctx context.Context, companyID, trigger string, stale G
 				// to a refresh. It has finished now; run one of our own.
 				continue
 			}
+			if errors.Is(r.Err, errProbed) && trigger != triggerProbe {
+				continue // joined a cool-down probe, which refreshes nothing: run our own
+			}
 			if r.Err != nil {
 				return nil, r.Err
 			}
@@ -110,9 +113,7 @@ func (b *Broker) refreshLocked(ctx context.Context, companyID, trigger string, s
 	saved, err := b.persist(cctx, stored, cur.RefreshToken, next)
 	window := time.Since(arrived)
 	b.metrics.TokenRefresh(trigger, metrics.RefreshSuccess, took)
-	b.mu.Lock()
-	delete(b.backoff, companyID)
-	b.mu.Unlock()
+	b.refreshSucceeded(companyID, trigger, next)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			b.log.WarnContext(ctx, "credential deleted during its refresh; dropping the new tokens", "company_id", companyID)
@@ -149,6 +150,9 @@ func (b *Broker) preflight(ctx context.Context, companyID, trigger string, stale
 		}
 		return b.remember(cur, gen), true, nil
 	}
+	if trigger == triggerProbe {
+		return nil, true, probed(e.grant.Same(stale))
+	}
 	b.mu.Lock()
 	rejected, wasRejected := b.rejected[companyID]
 	bo := b.backoff[companyID]
@@ -164,7 +168,9 @@ func (b *Broker) preflight(ctx context.Context, companyID, trigger string, stale
 		return nil, true, fmt.Errorf("%w: company %s: %w: an earlier refresh's outcome is unknown; its refresh token is not presented again before %s",
 			ErrTokenEndpoint, companyID, ErrRefreshInProgress, until.Format(time.RFC3339))
 	case now.Before(bo.until):
-		return nil, true, fmt.Errorf("%w: backing off until %s after %d failures", ErrTokenEndpoint, bo.until.Format(time.RFC3339), bo.failures)
+		b.metrics.RefreshSkipped(metrics.SkipBackoff)
+		return nil, true, &RetryAfterError{After: bo.until.Sub(now),
+			Err: fmt.Errorf("%w: backing off until %s after %d failures", ErrTokenEndpoint, bo.until.Format(time.RFC3339), bo.failures)}
 	case b.oauth == nil:
 		return nil, true, fmt.Errorf("%w: no OAuth client configured (PLEO_PROXY_OAUTH_CLIENT_ID)", ErrTokenEndpoint)
 	}
@@ -232,8 +238,10 @@ func (b *Broker) refreshFailed(ctx context.Context, cur Credential, trigger stri
 	wait := time.Second << min(bo.failures-1, 20)
 	wait = min(wait, b.maxBackoff)
 	wait = wait/2 + rand.N(wait/2+1) // jitter: half to full
+	wait = bo.honour(re, wait, b.now())
 	bo.until = b.now().Add(wait)
 	b.backoff[cur.CompanyID] = bo
+	b.clientErrors = b.clientErrors || bo.clientError
 	b.mu.Unlock()
 	msg := err.Error()
 	if re != nil && re.Response != nil {
@@ -246,7 +254,7 @@ func (b *Broker) refreshFailed(ctx context.Context, cur Credential, trigger stri
 	}
 	b.log.Log(ctx, level, "token refresh failed; backing off", "company_id", cur.CompanyID, "trigger", trigger,
 		"failures", bo.failures, "retry_in", wait, "error", msg)
-	return fmt.Errorf("%w: company %s: %s", ErrTokenEndpoint, cur.CompanyID, msg)
+	return &RetryAfterError{After: wait, Err: fmt.Errorf("%w: company %s: %s", ErrTokenEndpoint, cur.CompanyID, msg)}
 }
 
 // persist commits next with a compare-and-swap on its version. A conflict caused by a change
@@ -427,7 +435,7 @@ func (b *Broker) rotated(cur Credential, x exchangeResult) Credential {
 		next.ExpiresAt = x.received.Add(defaultAccessTTL)
 	}
 	next.LastRefreshedAt = x.received
-	next.LastError = ""
+	next.LastError = lastErrorAfterRefresh(cur)
 	next.State = StateActive
 	if !cur.LastRefreshedAt.IsZero() {
 		b.metrics.TokenAgeAtRefresh(x.received.Sub(cur.LastRefreshedAt))
@@ -505,12 +513,11 @@ func (b *Broker) refreshShared(ctx context.Context, companyID, trigger string, s
 		return nil, b.refreshFailed(cctx, cur, trigger, x.err, gen, x.took, lock.Commit)
 	}
 	next := b.rotated(cur, x)
+	committing := b.gen.Load()
 	saved, err := lock.Commit(cctx, next)
 	window := time.Since(x.arrived)
 	b.metrics.TokenRefresh(trigger, metrics.RefreshSuccess, x.took)
-	b.mu.Lock()
-	delete(b.backoff, companyID)
-	b.mu.Unlock()
+	b.refreshSucceeded(companyID, trigger, next)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		b.log.WarnContext(ctx, "credential deleted during its refresh; dropping the new tokens", "company_id", companyID)
@@ -536,5 +543,7 @@ func (b *Broker) refreshShared(ctx context.Context, companyID, trigger string, s
 	b.metrics.TokenCommitWindow(window)
 	b.log.InfoContext(ctx, "token refreshed", "company_id", companyID, "trigger", trigger, "result", metrics.RefreshSuccess,
 		"duration_ms", float64(x.took)/float64(time.Millisecond), "expires_at", saved.ExpiresAt, "commit_window", window)
-	return b.remember(saved, gen), nil
+	// The commit announced itself (one bump of gen): what it wrote is what the row holds, so
+	// it is cached unless another change was announced since the commit began.
+	return b.rememberCommitted(saved, committing), nil
 }

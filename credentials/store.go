@@ -42,6 +42,14 @@ type Reloader interface {
 	Reload(ctx context.Context) error
 }
 
+// SweepLeader is implemented by stores that many processes share (PostgreSQL): LeadSweep
+// reports whether this process leads the background sweep, taking the lead when no process
+// holds it, so that one process at a time reads every credential; the lead passes to another
+// process when its holder dies or loses its connection.
+type SweepLeader interface {
+	LeadSweep(ctx context.Context) bool
+}
+
 // Scanner is implemented by stores that can stream their credentials without their secrets
 // (the file and PostgreSQL stores), so that a pass over a large store holds one credential
 // at a time rather than a copy of them all, and neither decrypts nor copies a single secret.

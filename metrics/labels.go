@@ -76,6 +76,17 @@ const (
 	RefreshError = "error"
 )
 
+// Reasons a refresh was not attempted: the reason label of
+// pleo_proxy_token_refreshes_skipped_total.
+const (
+	// SkipUnauthorizedCooldown is an upstream 401 passed back without a refresh because the
+	// company is in a 401 cool-down: the upstream answered 401 to a freshly issued token.
+	SkipUnauthorizedCooldown = "unauthorized_cooldown"
+	// SkipBackoff is a refresh not attempted because the company is backing off after token
+	// endpoint failures, or honouring the token endpoint's Retry-After.
+	SkipBackoff = "backoff"
+)
+
 // Cache results: the result label of pleo_proxy_credential_cache_lookups_total.
 const (
 	// CacheHit is a lookup answered from the cache.
@@ -114,6 +125,9 @@ const (
 	ConnectInvalidState = "invalid_state"
 	// ConnectExchangeFailed is a code the token endpoint would not exchange.
 	ConnectExchangeFailed = "exchange_failed"
+	// ConnectNoRefreshToken is a code exchange whose answer carried no refresh token (the
+	// scopes granted no offline access); what was issued is revoked.
+	ConnectNoRefreshToken = "no_refresh_token"
 	// ConnectCompanyLookupFailed is a failed GET /v1/installations/me.
 	ConnectCompanyLookupFailed = "company_lookup_failed"
 	// ConnectStoreFailed is a credential the store would not take.
@@ -152,7 +166,8 @@ var (
 	cacheLabels          = [...]string{CacheHit, CacheMiss}
 	storeOperationLabels = [...]string{StoreGet, StoreList, StoreUpdate, StorePut, StoreDelete, StoreReload, StorePing}
 	connectLabels        = [...]string{connectStarted, connectCompleted, connectFailed, connectLinkRefused}
-	connectReasonLabels  = [...]string{ConnectAccessDenied, ConnectInvalidState, ConnectExchangeFailed, ConnectCompanyLookupFailed, ConnectStoreFailed, ConnectTenantConflict, ConnectOther}
+	connectReasonLabels  = [...]string{ConnectAccessDenied, ConnectInvalidState, ConnectExchangeFailed, ConnectNoRefreshToken, ConnectCompanyLookupFailed, ConnectStoreFailed, ConnectTenantConflict, ConnectOther}
+	skipReasonLabels     = [...]string{SkipUnauthorizedCooldown, SkipBackoff}
 	secretLabels         = [...]string{SecretOAuthClientSecret, SecretAdminToken, SecretClientTokens, SecretEncryptionKey, SecretConnectKey}
 
 	secretReloadResultLabels = [...]string{SecretReloadSuccess, SecretReloadError}

@@ -43,6 +43,7 @@ const (
 	nameConnectFailures       = namespace + "_connect_failures_total"
 	nameClientConns           = namespace + "_client_connections"
 	nameClientConnWaits       = namespace + "_client_connection_waits_total"
+	nameRefreshesSkipped      = namespace + "_token_refreshes_skipped_total"
 	nameSecretReloads         = namespace + "_secret_reloads_total"
 )
 
@@ -86,6 +87,7 @@ type Metrics struct {
 	connectFailures      *prometheus.CounterVec
 	clientConns          prometheus.Gauge
 	clientConnWaits      prometheus.Counter
+	refreshesSkipped     *prometheus.CounterVec
 	secretReloads        *prometheus.CounterVec
 
 	// Children of the per-request series, created on first use (so that only the method,
@@ -102,6 +104,7 @@ type Metrics struct {
 	storeDurations         [len(storeOperationLabels)]atomic.Pointer[prometheus.Observer]
 	connectChildren        [len(connectLabels)]prometheus.Counter
 	connectFailureChildren [len(connectReasonLabels)]prometheus.Counter
+	skippedChildren        [len(skipReasonLabels)]prometheus.Counter
 	secretReloadChildren   [len(secretLabels)][len(secretReloadResultLabels)]prometheus.Counter
 
 	inFlightDone func()
@@ -240,6 +243,10 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: nameClientConnWaits,
 			Help: "Client connections that waited for a free slot under PLEO_PROXY_MAX_CLIENT_CONNS before being served.",
 		}),
+		refreshesSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: nameRefreshesSkipped,
+			Help: "OAuth token refreshes not attempted, by reason: unauthorized_cooldown (the upstream keeps answering 401 to freshly issued tokens; its 401 is passed back) or backoff (the token endpoint failed lately, or asked to wait with Retry-After).",
+		}, []string{"reason"}),
 		secretReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: nameSecretReloads,
 			Help: "Reloads of a secret file (PLEO_PROXY_*_FILE) that changed, by secret and result: success (the new value is in use) or error (the old value stays).",
@@ -272,6 +279,9 @@ func New(reg prometheus.Registerer) *Metrics {
 	for i, r := range connectReasonLabels {
 		m.connectFailureChildren[i] = m.connectFailures.WithLabelValues(r)
 	}
+	for i, r := range skipReasonLabels {
+		m.skippedChildren[i] = m.refreshesSkipped.WithLabelValues(r)
+	}
 	for i, sec := range secretLabels {
 		for j, r := range secretReloadResultLabels {
 			m.secretReloadChildren[i][j] = m.secretReloads.WithLabelValues(sec, r)
@@ -293,6 +303,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			m.errors, m.refreshLockWait, m.tokenCommitWindow, m.tokenAgeAtRefresh, m.credentialsExpiring,
 			m.storeDuration, m.storeErrors, m.storeReloadFailures, m.pendingTokenWrites,
 			m.inFlight, m.connects, m.connectFailures, m.clientConns, m.clientConnWaits,
+			m.refreshesSkipped,
 			m.secretReloads,
 		)
 	}
@@ -541,6 +552,21 @@ func (m *Metrics) ConnectCompleted() {
 		return
 	}
 	m.connectChildren[1].Inc()
+}
+
+// RefreshSkipped records a refresh that was not attempted in
+// pleo_proxy_token_refreshes_skipped_total: reason is [SkipUnauthorizedCooldown] or
+// [SkipBackoff]; anything else counts as "other". It does not allocate.
+func (m *Metrics) RefreshSkipped(reason string) {
+	if m == nil {
+		return
+	}
+	i := indexOf(skipReasonLabels[:], reason)
+	if i < 0 {
+		m.refreshesSkipped.WithLabelValues(Other).Inc()
+		return
+	}
+	m.skippedChildren[i].Inc()
 }
 
 // ConnectLinkRefused records, in pleo_proxy_connects_total{result="link_refused"}, a GET

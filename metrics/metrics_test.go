@@ -38,6 +38,7 @@ func touchAll(m *Metrics) {
 	m.ClientConnOpened()
 	m.ClientConnClosed()
 	m.ClientConnWaited()
+	m.RefreshSkipped(SkipUnauthorizedCooldown)
 	m.SecretReload(SecretOAuthClientSecret, SecretReloadSuccess)
 	m.SecretReload(SecretAdminToken, SecretReloadError)
 	m.SecretReload("made_up_secret", SecretReloadSuccess)
@@ -71,6 +72,7 @@ pleo_proxy_connect_failures_total{reason="access_denied"} 1
 pleo_proxy_connect_failures_total{reason="company_lookup_failed"} 0
 pleo_proxy_connect_failures_total{reason="exchange_failed"} 0
 pleo_proxy_connect_failures_total{reason="invalid_state"} 0
+pleo_proxy_connect_failures_total{reason="no_refresh_token"} 0
 pleo_proxy_connect_failures_total{reason="other"} 0
 pleo_proxy_connect_failures_total{reason="store_failed"} 0
 pleo_proxy_connect_failures_total{reason="tenant_conflict"} 1
@@ -272,6 +274,9 @@ pleo_proxy_token_refresh_duration_seconds_bucket{le="30"} 1
 pleo_proxy_token_refresh_duration_seconds_bucket{le="+Inf"} 1
 pleo_proxy_token_refresh_duration_seconds_sum 0.2
 pleo_proxy_token_refresh_duration_seconds_count 1
+# TYPE pleo_proxy_token_refreshes_skipped_total counter
+pleo_proxy_token_refreshes_skipped_total{reason="backoff"} 0
+pleo_proxy_token_refreshes_skipped_total{reason="unauthorized_cooldown"} 1
 # TYPE pleo_proxy_token_refreshes_total counter
 pleo_proxy_token_refreshes_total{result="error",trigger="background"} 0
 pleo_proxy_token_refreshes_total{result="error",trigger="expiry"} 0
@@ -308,8 +313,8 @@ func TestLintAndHelp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(mfs) != 23 {
-		t.Errorf("gathered %d metric families, want 23", len(mfs))
+	if len(mfs) != 24 {
+		t.Errorf("gathered %d metric families, want 24", len(mfs))
 	}
 	for _, mf := range mfs {
 		if !strings.HasPrefix(mf.GetName(), "pleo_proxy_") {
@@ -362,6 +367,7 @@ func TestContract(t *testing.T) {
 		"pleo_proxy_connect_failures_total":           "counter reason",
 		"pleo_proxy_client_connections":               "gauge ",
 		"pleo_proxy_client_connection_waits_total":    "counter ",
+		"pleo_proxy_token_refreshes_skipped_total":    "counter reason",
 		"pleo_proxy_secret_reloads_total":             "counter result,secret",
 	}
 	for name, w := range want {
@@ -489,6 +495,16 @@ func TestMethods(t *testing.T) {
 			}, 1},
 		{"connect failure unknown reason", func(m *Metrics) { m.ConnectFailed("meteor") },
 			func(m *Metrics) prometheus.Collector { return m.connectFailures.WithLabelValues("other") }, 1},
+		{"connect no refresh token", func(m *Metrics) { m.ConnectFailed(ConnectNoRefreshToken) },
+			func(m *Metrics) prometheus.Collector { return m.connectFailures.WithLabelValues("no_refresh_token") }, 1},
+		{"refresh skipped in a 401 cool-down", func(m *Metrics) { m.RefreshSkipped(SkipUnauthorizedCooldown) },
+			func(m *Metrics) prometheus.Collector {
+				return m.refreshesSkipped.WithLabelValues("unauthorized_cooldown")
+			}, 1},
+		{"refresh skipped backing off", func(m *Metrics) { m.RefreshSkipped(SkipBackoff) },
+			func(m *Metrics) prometheus.Collector { return m.refreshesSkipped.WithLabelValues("backoff") }, 1},
+		{"refresh skipped unknown reason", func(m *Metrics) { m.RefreshSkipped("meteor") },
+			func(m *Metrics) prometheus.Collector { return m.refreshesSkipped.WithLabelValues("other") }, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

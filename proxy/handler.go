@@ -250,6 +250,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.companyID = company
 	grant, err := h.auth.Authorize(r.Context(), company)
 	if err != nil {
+		if t, ok := credentials.ErrorType(err); ok {
+			st.credentialType = string(t) // a credential was chosen, though it cannot be used
+		}
 		if r.Context().Err() != nil {
 			rw.status = statusClientClosed // gave up waiting (for a refresh): nobody to answer
 			return
@@ -358,9 +361,9 @@ func problemFor(err error, companyID string) *Problem {
 	case errors.Is(err, credentials.ErrReauthorizationRequired):
 		return &Problem{Code: CodeReauthorizationRequired, Detail: "Pleo rejected the refresh token; a person must reconnect the company", CompanyID: companyID}
 	case errors.Is(err, credentials.ErrTokenEndpoint):
-		return &Problem{Code: CodeTokenEndpointError, Detail: "the token could not be refreshed and no unexpired token is left", CompanyID: companyID}
+		return &Problem{Code: CodeTokenEndpointError, Detail: "the token could not be refreshed and no unexpired token is left", CompanyID: companyID, RetryAfter: retryAfter(err)}
 	case errors.Is(err, credentials.ErrStoreUnavailable):
-		return &Problem{Code: CodeStoreUnavailable, Detail: "the credential store could not be read", CompanyID: companyID}
+		return &Problem{Code: CodeStoreUnavailable, Detail: "the credential store could not be read", CompanyID: companyID, RetryAfter: retryAfter(err)}
 	case errors.As(err, &be):
 		return &Problem{Code: CodeUpstreamUnreachable, Detail: "the request body could not be read", CompanyID: companyID}
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
@@ -368,6 +371,15 @@ func problemFor(err error, companyID string) *Problem {
 	default:
 		return &Problem{Code: CodeUpstreamUnreachable, Detail: "the upstream could not be reached", CompanyID: companyID}
 	}
+}
+
+// retryAfter is the Retry-After of a transient credential failure: the broker's back-off when
+// it knows one, else a second.
+func retryAfter(err error) time.Duration {
+	if d, ok := credentials.RetryAfter(err); ok {
+		return d
+	}
+	return time.Second
 }
 
 // SetClientTokens replaces the client tokens callers must present (a reloaded

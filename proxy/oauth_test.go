@@ -155,10 +155,12 @@ func (e *oaEnv) grants(ids ...string) map[string]*oauth2.Token {
 // the injected clock.
 func (e *oaEnv) oauthCred(id string, tok *oauth2.Token, expiresIn time.Duration) credentials.Credential {
 	now := e.clock.Now()
+	// Issued as if with Pleo's 15-minute lifetime: the broker refreshes a token at most half
+	// its lifetime (expires_at - last_refreshed_at) before it expires.
 	return credentials.Credential{
 		CompanyID: id, Type: credentials.OAuth2,
 		AccessToken: credentials.Secret(tok.AccessToken), RefreshToken: credentials.Secret(tok.RefreshToken),
-		ExpiresAt: now.Add(expiresIn), LastRefreshedAt: now,
+		ExpiresAt: now.Add(expiresIn), LastRefreshedAt: now.Add(expiresIn - 15*time.Minute),
 	}
 }
 

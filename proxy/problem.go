@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"time"
 )
 
 // Code is a sidecar error code (section 3 of the contract).
@@ -80,6 +81,8 @@ type Problem struct {
 	Code      Code
 	Detail    string
 	CompanyID string
+	// RetryAfter, when positive, is sent as Retry-After in whole seconds (rounded up).
+	RetryAfter time.Duration
 	// ReconnectURL is a signed connect link for the company's tenant, on a
 	// reauthorization_required problem (empty: none).
 	ReconnectURL string
@@ -130,6 +133,9 @@ func WriteProblem(w http.ResponseWriter, p *Problem, requestID string) {
 	h.Set("Proxy-Status", `pleo-auth-proxy; error=`+s.proxyError+`; details="`+string(p.Code)+`"`)
 	if p.Code == CodeClientUnauthenticated {
 		h.Set("Proxy-Authenticate", `Bearer realm="pleo-auth-proxy"`)
+	}
+	if p.RetryAfter > 0 {
+		h.Set("Retry-After", strconv.FormatInt(int64((p.RetryAfter+time.Second-1)/time.Second), 10))
 	}
 	if p.Code == CodeMethodNotAllowed {
 		h.Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")

@@ -22,6 +22,12 @@ type Authorizer interface {
 	Reauthorize(ctx context.Context, companyID string, rejected credentials.Grant) (g credentials.Grant, retry bool, err error)
 }
 
+// acceptor is an Authorizer that wants to know when the upstream accepted a grant (a
+// *credentials.Broker: it ends a company's 401 cool-down).
+type acceptor interface {
+	Accepted(ctx context.Context, companyID string, g credentials.Grant)
+}
+
 // NewUpstreamTransport returns the transport for the one upstream host: the sidecar's outbound
 // policy (package outbound: no proxy from the environment, shared dial and TLS timeouts),
 // keep-alive connections sized for a busy sidecar, HTTP/2 over TLS, no compression of its own
@@ -106,7 +112,8 @@ func (t *authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-// attempt sends one request upstream and counts it.
+// attempt sends one request upstream and counts it; an answer other than 401 (and 5xx) is
+// reported to an acceptor.
 func (t *authTransport) attempt(req *http.Request, st *requestState) (*http.Response, error) {
 	st.attempts++
 	resp, err := t.base.RoundTrip(req)
@@ -115,6 +122,9 @@ func (t *authTransport) attempt(req *http.Request, st *requestState) (*http.Resp
 		return nil, err
 	}
 	t.metrics.UpstreamResponse(resp.StatusCode)
+	if a, ok := t.auth.(acceptor); ok && resp.StatusCode != http.StatusUnauthorized && resp.StatusCode < 500 && !st.grant.IsZero() {
+		a.Accepted(req.Context(), st.companyID, st.grant)
+	}
 	return resp, nil
 }
 

@@ -114,10 +114,11 @@ type Server struct {
 	// noRedirect is the HTTP client Grant uses for the authorize step.
 	noRedirect *http.Client
 
-	tokenFailure atomic.Int64
-	tokenDelay   atomic.Int64
-	refreshHook  atomic.Pointer[func(RefreshEvent)]
-	consent      atomic.Pointer[Consent]
+	tokenFailure    atomic.Int64
+	tokenRetryAfter atomic.Pointer[string]
+	tokenDelay      atomic.Int64
+	refreshHook     atomic.Pointer[func(RefreshEvent)]
+	consent         atomic.Pointer[Consent]
 
 	tokenCalls, refreshCalls, codeExchanges atomic.Int64
 	reuseDetections, invalidGrants          atomic.Int64
@@ -367,6 +368,10 @@ func (s *Server) SetAccessTTL(d time.Duration) { s.cfg.accessTTL.Store(int64(d))
 // Injected failures consume no code or refresh token.
 func (s *Server) SetTokenFailure(status int) { s.tokenFailure.Store(int64(status)) }
 
+// SetTokenRetryAfter makes injected token-endpoint failures (SetTokenFailure) carry this
+// Retry-After header value ("" for none).
+func (s *Server) SetTokenRetryAfter(v string) { s.tokenRetryAfter.Store(&v) }
+
 // SetTokenDelay delays every token-endpoint response by d (0: none). The
 // delay ends early if the client goes away.
 func (s *Server) SetTokenDelay(d time.Duration) { s.tokenDelay.Store(int64(d)) }
@@ -545,6 +550,9 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		case http.StatusInternalServerError:
 			code = "server_error"
 		}
+		if v := s.tokenRetryAfter.Load(); v != nil && *v != "" {
+			w.Header().Set("Retry-After", *v)
+		}
 		writeOAuthError(w, status, code)
 		return
 	}
@@ -624,7 +632,7 @@ func (s *Server) handleAPI(w http.ResponseWriter, r *http.Request) {
 	}
 
 	company, ok := s.authenticate(r)
-	if !ok {
+	if !ok || strings.HasPrefix(r.URL.Path, UnauthorizedPath) {
 		s.apiUnauthorized.Add(1)
 		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid_token"})
@@ -661,6 +669,11 @@ func (s *Server) handleAPI(w http.ResponseWriter, r *http.Request) {
 		BodyLen:    n,
 	})
 }
+
+// UnauthorizedPath prefixes resource-server paths that answer 401 invalid_token to every
+// token, valid ones included: an endpoint the token's scopes do not reach, or a Pleo-side
+// fault, which no refresh cures.
+const UnauthorizedPath = "/v1/oauthtest-unauthorized"
 
 // Echo is the resource server's answer to any path it does not implement.
 type Echo struct {
