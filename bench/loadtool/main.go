@@ -5,8 +5,9 @@
 //	creds -n N -out F -ids F  write N fake oauth2 credentials (valid for -ttl) and their ids
 //	touch -url U -ids F       send one request per company id, -c at a time
 //	storm -url U -ids F       -per concurrent requests for every company, all released at once
-//	fleet -urls U,U -ids F     constant-rate requests over many replicas and companies
+//	fleet -urls U,U -ids F    constant-rate requests over many replicas and companies
 //	vegstats -rate R          read vegeta's CSV results; latency percentiles from when due
+//	h2stats -log F            read h2load's output and --log-file; counts and latency percentiles
 //	report -in F              print the markdown report from the results file bench/run wrote
 //
 // Everything it contacts is a URL it is given; bench/run gives it loopback URLs only. Every
@@ -20,7 +21,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: loadtool ports|wait|creds|touch|storm|fleet|vegstats|report [flags]")
+		fmt.Fprintln(os.Stderr, "usage: loadtool ports|wait|creds|touch|storm|fleet|vegstats|h2stats|report [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -40,6 +41,8 @@ func main() {
 		err = fleet(args)
 	case "vegstats":
 		err = vegstats(args)
+	case "h2stats":
+		err = h2stats(args)
 	case "report":
 		err = report(args)
 	default:

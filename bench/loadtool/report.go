@@ -193,8 +193,12 @@ func report(args []string) error {
 
 	rate, dur := r.meta("rate"), r.meta("duration")
 	p("## pleo-auth-proxy performance comparison\n\n")
-	p("- run: %s, %s round(s) interleaved (%s per round), medians over rounds, (min–max) when they differ\n",
-		r.meta("started"), r.meta("rounds"), strings.Join(targets, ","))
+	if len(targets) > 0 {
+		p("- run: %s, %s round(s) interleaved (%s per round), medians over rounds, (min–max) when they differ\n",
+			r.meta("started"), r.meta("rounds"), strings.Join(targets, ","))
+	} else {
+		p("- run: %s, the h2c round alone (`H2C_ONLY=1`): no HTTP/1.1 rounds, no storm, no memory run\n", r.meta("started"))
+	}
 	p("- machine: %s CPUs, %s; GOMAXPROCS %s; nginx worker_processes %s (%s workers); nothing pinned\n",
 		r.meta("cpus"), r.meta("kernel"), r.meta("gomaxprocs"), r.meta("nginx_worker_processes"), r.meta("nginx_workers"))
 	if v := r.meta("sidecar_runtime"); v != "" {
@@ -203,6 +207,11 @@ func report(args []string) error {
 	p("- load average (1/5/15 min): at start %s; before the rounds %s; at the end %s\n",
 		r.meta("load_start"), r.meta("load_rounds"), r.meta("load_end"))
 	p("- versions: %s; %s; %s; vegeta %s; sidecar %s\n", r.meta("go"), r.meta("nginx"), r.meta("wrk"), r.meta("vegeta"), r.meta("commit"))
+	if len(targets) == 0 { // H2C_ONLY=1: the h2c round alone
+		p("\n")
+		h2cReport(p, r)
+		return nil
+	}
 	p("- saturation: `wrk -t%s -c%s -d%s` with bench/companies.lua (every target gets the same requests: `GET /v1/bench`, `X-Pleo-Company-Id` rotating over %s companies); latency from send (closed loop)\n",
 		r.meta("wrk_threads"), r.meta("wrk_connections"), dur, r.meta("companies"))
 	p("- fixed rate: `vegeta attack -rate=%s/s -duration=%s` over the same %s requests (open loop); latency counted from when each request was due (see bench/README.md)\n",
@@ -435,7 +444,72 @@ func report(args []string) error {
 			m.label, mm("credentials"), m.store, mm("cache_size"), mm("touched"), mib(mhwm), verdict(mhwm <= 64*1024, hok && mOK == mN))
 		p("| %s %s credentials (%s): start-up ≤ 1 s (exec to /readyz 200) | %s ms | ≤ 1000 ms | %s |\n", m.label, mm("credentials"), m.store, formatNum(su, 0), verdict(su <= 1000, ok))
 	}
+	h2cReport(p, r)
 	return nil
+}
+
+// h2cReport prints the table of the HTTP/2 cleartext round (load "h2"), when it ran. It is
+// informational: no targets.
+func h2cReport(p func(string, ...any), r *results) {
+	names := map[string]string{"a": "(a) direct", "c": "(c) plain ReverseProxy", "d": "(d) pleo-auth-proxy"}
+	var targets []string
+	for _, t := range []string{"a", "c", "d"} {
+		if _, ok := r.runs[runKey{r.rounds[0], t, "h2"}]; ok {
+			targets = append(targets, t)
+		}
+	}
+	if len(targets) == 0 {
+		return
+	}
+	const h2L = "h2"
+	p("\n### HTTP/2 cleartext (prior knowledge)\n\n")
+	p("`h2load -t%s -c%s -m%s -D %s` (%s, h2c with prior knowledge: %s connections × %s concurrent streams), `GET /v1/bench` with `X-Pleo-Company-Id` of one warm company; %s round(s) of a, c, d (after the HTTP/1.1 rounds, if they ran), medians over rounds. Latency from send (closed loop), from h2load's per-request log. The proxies speak HTTP/1.1 to the upstream. Informational: no targets.\n\n",
+		r.meta("h2c_threads"), r.meta("h2c_clients"), r.meta("h2c_streams"), r.meta("duration"), r.meta("h2load"),
+		r.meta("h2c_clients"), r.meta("h2c_streams"), r.meta("rounds"))
+	header := []string{"measurement"}
+	for _, t := range targets {
+		header = append(header, names[t])
+	}
+	p("| %s |\n|%s\n", strings.Join(header, " | "), strings.Repeat(" --- |", len(header)))
+	row := func(label string, m metric, decimals int, only ...string) {
+		cells := []string{label}
+		for _, t := range targets {
+			c := "—"
+			if s, ok := r.summarize(m, t); ok && (len(only) == 0 || contains(only, t)) {
+				c = s.String(decimals)
+			}
+			cells = append(cells, c)
+		}
+		p("| %s |\n", strings.Join(cells, " | "))
+	}
+	rps := func(r *results, round int, target string) (float64, bool) {
+		n, ok1 := r.num(round, target, h2L, "requests")
+		d, ok2 := r.num(round, target, h2L, "duration_us")
+		return n / (d / 1e6), ok1 && ok2 && d > 0
+	}
+	row("requests/s", rps, 0)
+	row("mean latency, ms", field(h2L, "mean_us", 1e-3), 3)
+	row("p50 latency, ms", field(h2L, "p50_us", 1e-3), 3)
+	row("p99 latency, ms", field(h2L, "p99_us", 1e-3), 3)
+	row("p99.9 latency, ms", field(h2L, "p999_us", 1e-3), 3)
+	row("max latency, ms", field(h2L, "max_us", 1e-3), 3)
+	row("proxy CPU per request, µs (user+sys)", cpuPerRequest(h2L, "cpu_ticks"), 1, "c", "d")
+	row("upstream CPU per request, µs", cpuPerRequest(h2L, "up_ticks"), 1)
+	row("(d)'s CPU per request over this column's (for (a): over the upstream's own)", func(r *results, round int, target string) (float64, bool) {
+		key := "cpu_ticks"
+		if target == "a" {
+			key = "up_ticks"
+		}
+		return ratio(cpuPerRequest(h2L, "cpu_ticks"), cpuPerRequest(h2L, key))(r, round, target)
+	}, 2, "a", "c")
+	cells := []string{"errors / non-2xx, all rounds"}
+	for _, t := range targets {
+		e, _ := r.sum(t, h2L, "errors")
+		n, _ := r.sum(t, h2L, "non2xx")
+		tot, _ := r.sum(t, h2L, "requests")
+		cells = append(cells, fmt.Sprintf("%.0f / %.0f of %.0f", e, n, tot))
+	}
+	p("| %s |\n", strings.Join(cells, " | "))
 }
 
 // memRuns are the memory runs bench/run records, (f) always and (f′) with MEM_ENCRYPTED=1.

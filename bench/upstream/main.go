@@ -1,7 +1,8 @@
 // Command upstream is the benchmark's fast upstream: it answers every request at once with a
 // small fixed JSON body, so that what the benchmark measures is whatever sits in front of it.
 // It counts the requests it saw with and without an Authorization header (GET /bench/stats,
-// JSON), so the benchmark can check that a proxy really added one.
+// JSON), so the benchmark can check that a proxy really added one. It serves HTTP/1.1 and
+// HTTP/2 cleartext with prior knowledge (h2c), so the h2c round can measure it directly.
 package main
 
 import (
@@ -38,6 +39,9 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Handler: mux, Protocols: &protocols, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
 	log.Fatal(srv.Serve(ln))
 }
