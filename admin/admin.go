@@ -147,13 +147,7 @@ type credentialView struct {
 }
 
 func (h *Handler) credentials(w http.ResponseWriter, r *http.Request) {
-	if h.tokenHash.Load() == nil || h.creds == nil {
-		http.NotFound(w, r)
-		return
-	}
-	if !h.authorized(r) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="pleo-auth-proxy-admin"`)
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "a valid admin bearer token is required"})
+	if !h.admit(w, r, h.creds != nil) {
 		return
 	}
 	list, err := h.creds.List(r.Context())
@@ -196,13 +190,7 @@ func (h *Handler) credentials(w http.ResponseWriter, r *http.Request) {
 // installation at Pleo first (and keeps the credential when Pleo does not confirm, unless
 // &force=true); without it, it removes the credential from the store only.
 func (h *Handler) removeCredential(w http.ResponseWriter, r *http.Request) {
-	if h.tokenHash.Load() == nil || h.remover == nil {
-		http.NotFound(w, r)
-		return
-	}
-	if !h.authorized(r) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="pleo-auth-proxy-admin"`)
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "a valid admin bearer token is required"})
+	if !h.admit(w, r, h.remover != nil) {
 		return
 	}
 	id := r.PathValue("company_id")
@@ -242,6 +230,21 @@ func (h *Handler) removeCredential(w http.ResponseWriter, r *http.Request) {
 		h.log.InfoContext(r.Context(), "credential removed through the admin listener", "company_id", id, "revoke", revoke, "revoked", out["revoked"])
 		writeJSON(w, http.StatusOK, out)
 	}
+}
+
+// admit lets an admin request through: 404 when the endpoint is off (no admin token, or
+// enabled false), 401 without the admin bearer token.
+func (h *Handler) admit(w http.ResponseWriter, r *http.Request, enabled bool) bool {
+	if h.tokenHash.Load() == nil || !enabled {
+		http.NotFound(w, r)
+		return false
+	}
+	if !h.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="pleo-auth-proxy-admin"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "a valid admin bearer token is required"})
+		return false
+	}
+	return true
 }
 
 func (h *Handler) authorized(r *http.Request) bool {

@@ -32,13 +32,7 @@ type connectLinkResponse struct {
 // connectLinks answers POST /connect-links: a signed consent link for a tenant, for the
 // integration to hand to its logged-in user. Bearer ADMIN_TOKEN, like /credentials.
 func (h *Handler) connectLinks(w http.ResponseWriter, r *http.Request) {
-	if h.tokenHash.Load() == nil || h.connectLink == nil {
-		http.NotFound(w, r)
-		return
-	}
-	if !h.authorized(r) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="pleo-auth-proxy-admin"`)
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "a valid admin bearer token is required"})
+	if !h.admit(w, r, h.connectLink != nil) {
 		return
 	}
 	// The body is read as JSON whatever its Content-Type (curl -d sends a form type).

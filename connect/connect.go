@@ -495,7 +495,7 @@ const noRefreshTokenHint = "the scopes requested (PLEO_PROXY_OAUTH_SCOPES) must 
 // and what was issued is revoked (DELETE /v1/installations/me, best effort).
 func (h *Handler) noRefreshToken(ctx context.Context, access, tenant string) *failure {
 	revoked, said := "revoked", "the access Pleo granted was revoked"
-	if err := RevokeInstallation(ctx, h.client, h.upstream, credentials.Secret("Bearer "+access)); err != nil {
+	if err := Revoke(ctx, h.client, h.upstream, credentials.Secret("Bearer "+access)); err != nil {
 		revoked, said = "not revoked: "+err.Error(), "the access Pleo granted could not be revoked (it expires by itself)"
 		h.log.Warn("consent flow: could not revoke the tokens of an answer without a refresh token", "tenant_id", tenant, "error", err)
 	} else {
