@@ -175,9 +175,10 @@ func TestLifetimeE2ESecretFilesRotateWithoutRestart(t *testing.T) {
 	if st := srv.Stats(); st.RefreshCalls != 1 {
 		t.Fatalf("%d refresh calls, want 1 (refused with invalid_client)", st.RefreshCalls)
 	}
-	if !strings.Contains(logsOf(s), "invalid_client") {
-		t.Fatalf("the refusal is not logged as invalid_client:\n%s", logsOf(s))
-	}
+	// The log line is read from the process's stderr by another goroutine: wait for it.
+	testenv.WaitFor(t, "the refusal logged as invalid_client", 5*time.Second, func() bool {
+		return strings.Contains(logsOf(s), "invalid_client")
+	})
 
 	// The right secret, by write and rename.
 	writeRenamed(t, secretFile, srv.ClientSecret()+"\n")

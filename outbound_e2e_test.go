@@ -80,8 +80,6 @@ func TestOutboundIgnoresEnvironmentProxies(t *testing.T) {
 		const company = "c0ffee00-0000-4000-8000-0000000000e3"
 		connectAddr := connectFreeAddr(t)
 		redirect := "http://" + connectAddr + "/callback"
-		// Tokens live 30 s, inside the default PLEO_PROXY_REFRESH_BEFORE: the first proxied
-		// request refreshes.
 		as := oauthtest.NewServer(t, oauthtest.Options{RedirectURIs: []string{redirect}, AccessTTL: 30 * time.Second})
 		as.SetConsent(oauthtest.Consent{CompanyID: company})
 		dir := t.TempDir()
@@ -108,7 +106,9 @@ func TestOutboundIgnoresEnvironmentProxies(t *testing.T) {
 		if status != http.StatusOK || !strings.Contains(body, company) {
 			t.Fatalf("consent flow: %d %s\n%s", status, body, s.log())
 		}
-		// An upstream call, which refreshes first.
+		// An upstream call, which refreshes: its fresh token is revoked at the server, so the
+		// upstream's 401 makes the sidecar refresh and retry.
+		as.RevokeAccessTokens(company)
 		status, body = connectGet(t, &http.Client{Timeout: 20 * time.Second}, "http://"+s.data+"/v1/export-jobs", "X-Tenant-Id", "erp-proxy")
 		var echo oauthtest.Echo
 		if status != http.StatusOK || json.Unmarshal([]byte(body), &echo) != nil || echo.CompanyID != company {

@@ -299,9 +299,12 @@ func (s *instance) buildBroker() error {
 		Metrics:           s.m,
 		Secrets:           s.secrets,
 		// The token endpoint is reached under the same outbound policy as the upstream; the
-		// broker bounds each call itself (up to twice TOKEN_TIMEOUT for the answer), so the
-		// transport's header timeout is only a backstop beyond that.
-		HTTPClient:    outbound.NewClient(outbound.NewTransport(outbound.Options{ResponseHeaderTimeout: 3 * cfg.TokenTimeout}), 0),
+		// broker bounds each call itself (up to twice TOKEN_TIMEOUT for the answer, with a
+		// grace for a process that resumes with the answer in its socket), so the transport's
+		// header timeout is only a backstop beyond the refresh lease (6 x TOKEN_TIMEOUT): one
+		// that fired sooner would throw away an answer that arrived while the process was
+		// paused, the very case the broker's grace is for (TestPause/request_unanswered).
+		HTTPClient:    outbound.NewClient(outbound.NewTransport(outbound.Options{ResponseHeaderTimeout: 10 * cfg.TokenTimeout}), 0),
 		OnStateChange: func(c credentials.Credential, st credentials.Status) { notifier.Notify(c, events.State(st)) },
 		SweepLeader:   sweepLeader(s.rawStore),
 	})
