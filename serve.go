@@ -18,6 +18,7 @@ import (
 
 	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/lmittmann/tint"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/admin"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/config"
@@ -100,88 +101,203 @@ const usageServe = "usage: serve [--env-file PATH] [--dev]\n" +
 	"The configuration comes from PLEO_PROXY_* environment variables (config.example.env lists them);\n" +
 	"--dev runs against an embedded mock Pleo with demo companies."
 
+// serve runs the sidecar until ctx ends (a signal) or a listener fails. Each step builds
+// what the next one needs, in this order; what is built is closed, in reverse, on return.
 func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	envFile := fs.String("env-file", "", "load a dotenv file first (the process environment wins)")
-	dev := fs.Bool("dev", false, "run against an embedded mock Pleo with demo companies (no account, no network)")
-	if help, err := noArgs(fs, invocation{args: args, stdout: stdout}, usageServe); help || err != nil {
+	envFile, dev, help, err := serveFlags(args, stdout)
+	if help || err != nil {
 		return err
 	}
+	s := &instance{dev: dev, stdout: stdout}
+	defer s.close()
+	if err := s.configure(environ, envFile); err != nil {
+		return err
+	}
+	s.observe(stderr)
+	if err := s.openStore(ctx); err != nil {
+		return err
+	}
+	if err := s.buildBroker(); err != nil {
+		return err
+	}
+	if err := s.buildHandlers(); err != nil {
+		return err
+	}
+	if err := s.bindListeners(); err != nil {
+		return err
+	}
+	s.start(ctx)
+	return s.shutdown(ctx, s.wait(ctx))
+}
 
-	var mock *devPleo
+// serveFlags parses serve's flags: --env-file and --dev. help is true when usage was asked
+// for (and printed).
+func serveFlags(args []string, stdout io.Writer) (envFile string, dev, help bool, err error) {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	envFileFlag := fs.String("env-file", "", "load a dotenv file first (the process environment wins)")
+	devFlag := fs.Bool("dev", false, "run against an embedded mock Pleo with demo companies (no account, no network)")
+	if help, err := noArgs(fs, invocation{args: args, stdout: stdout}, usageServe); help || err != nil {
+		return "", false, help, err
+	}
+	return *envFileFlag, *devFlag, false, nil
+}
+
+// instance holds the parts serve builds, step by step, so each step reads as one method.
+type instance struct {
+	dev    bool
+	stdout io.Writer
+
+	// configure
+	mock *devPleo // the embedded mock Pleo of --dev, or nil
+	cfg  *config.Config
+
+	// observe
+	secrets *redact.Set
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	m       *metrics.Metrics
+
+	// openStore
+	secretWatch *secretfile.Watcher
+	live        *liveSecrets
+	memLimit    int64
+	memSource   string
+	rawStore    credentials.Store // as opened, for the optional interfaces (sweep lead, claims)
+	store       credentials.Store // instrumented
+
+	// buildBroker
+	links    *connectLinks
+	notifier *events.Notifier
+	broker   *credentials.Broker
+
+	// buildHandlers
+	upstreamTransport http.RoundTripper
+	handler           *proxy.Handler
+	adminHandler      *admin.Handler
+
+	// bindListeners
+	dataLn, adminLn, connectLn net.Listener
+	dataSrv, adminSrv          *http.Server
+	connectSrv                 *http.Server // nil when the consent flow is off
+	connectAddr                string
+
+	// start
+	stopBg       context.CancelFunc
+	notifierDone chan struct{}
+	serveErr     chan error
+}
+
+// close releases what the steps built, in reverse order: the background loops, the broker,
+// the store, the mock Pleo.
+func (s *instance) close() {
+	if s.stopBg != nil {
+		s.stopBg()
+	}
+	if s.broker != nil {
+		s.broker.Close()
+	}
+	if s.store != nil {
+		s.store.Close()
+	}
+	if s.mock != nil {
+		s.mock.Close()
+	}
+}
+
+// configure starts the mock Pleo under --dev (its addresses become defaults) and reads the
+// configuration.
+func (s *instance) configure(environ []string, envFile string) error {
 	overlay := map[string]string(nil)
-	if *dev {
-		var err error
-		if mock, err = startDevPleo(); err != nil {
+	if s.dev {
+		mock, err := startDevPleo()
+		if err != nil {
 			return err
 		}
-		defer mock.Close()
+		s.mock = mock
 		overlay = mock.environ()
 	}
-	cfg, err := loadConfig(environ, *envFile, overlay)
+	cfg, err := loadConfig(environ, envFile, overlay)
 	if err != nil {
 		return err
 	}
-	secrets := redact.NewSet(4 * cfg.CacheSize)
-	secrets.AddPermanent(configSecrets(cfg)...)
-	log := slog.New(redact.NewHandler(newLogHandler(cfg, stderr), secrets))
+	s.cfg = cfg
+	return nil
+}
 
-	reg := metrics.NewRegistry()
-	m := metrics.New(reg)
+// observe sets up the logger (redacting every configured secret) and the metrics registry.
+func (s *instance) observe(stderr io.Writer) {
+	s.secrets = redact.NewSet(4 * s.cfg.CacheSize)
+	s.secrets.AddPermanent(configSecrets(s.cfg)...)
+	s.log = slog.New(redact.NewHandler(newLogHandler(s.cfg, stderr), s.secrets))
+	s.reg = metrics.NewRegistry()
+	s.m = metrics.New(s.reg)
+}
+
+// openStore watches the secret files, builds the sealer, applies the memory limit and opens
+// the credential store (seeded with demo companies under --dev).
+func (s *instance) openStore(ctx context.Context) error {
+	cfg := s.cfg
 	// Secret files are polled as often as the file store is.
-	secretWatch := secretfile.NewWatcher(secretfile.Options{Interval: cfg.StorePollInterval, Logger: log, OnReload: m.SecretReload})
-	live := watchSecrets(secretWatch, cfg, secrets)
+	s.secretWatch = secretfile.NewWatcher(secretfile.Options{Interval: cfg.StorePollInterval, Logger: s.log, OnReload: s.m.SecretReload})
+	s.live = watchSecrets(s.secretWatch, cfg, s.secrets)
 	sealer, err := newSealer(cfg)
 	if err != nil {
 		return err
 	}
 	if sealer != nil {
-		if err := sealer.SetKeys(live.encryptionKeys.Load()); err != nil { // the file as read now
+		if err := sealer.SetKeys(s.live.encryptionKeys.Load()); err != nil { // the file as read now
 			return fmt.Errorf("PLEO_PROXY_ENCRYPTION_KEY: %w", err)
 		}
-		live.encryptionKeys.OnChange(func(keys [][]byte) { _ = sealer.SetKeys(keys) }) // validated by the parse
+		s.live.encryptionKeys.OnChange(func(keys [][]byte) { _ = sealer.SetKeys(keys) }) // validated by the parse
 	}
-	memLimit, memSource := applyMemoryLimit(cfg.MemoryLimit, memlimit.FromCgroup, log)
+	s.memLimit, s.memSource = applyMemoryLimit(cfg.MemoryLimit, memlimit.FromCgroup, s.log)
 	rawStore, err := credentials.Open(cfg.Store, credentials.OpenOptions{
 		PollInterval:  cfg.StorePollInterval,
-		Logger:        log,
+		Logger:        s.log,
 		Sealer:        sealer,
-		OnReloadError: func(error) { m.StoreReloadFailed() },
+		OnReloadError: func(error) { s.m.StoreReloadFailed() },
 	})
 	if err != nil {
 		return err
 	}
-	store := credentials.Instrument(rawStore, m)
-	defer store.Close()
-	if mock != nil {
-		if err := mock.seed(ctx, store); err != nil {
-			return err
-		}
+	s.rawStore = rawStore
+	s.store = credentials.Instrument(rawStore, s.m)
+	if s.mock != nil {
+		return s.mock.seed(ctx, s.store)
 	}
+	return nil
+}
+
+// buildBroker builds the connect-link signer, the event notifier and the broker that holds
+// every company's tokens, and lets a reloaded client secret end the back-offs.
+func (s *instance) buildBroker() error {
+	cfg, log := s.cfg, s.log
 	links, err := connectLinksOf(cfg, log)
 	if err != nil {
 		return err
 	}
-	links.followKeys(live, log)
-	notifier, err := newNotifier(cfg, rawStore, links, log, metrics.NewEvents(reg))
+	s.links = links
+	links.followKeys(s.live, log)
+	notifier, err := newNotifier(cfg, s.rawStore, links, log, metrics.NewEvents(s.reg))
 	if err != nil {
 		return err
 	}
+	s.notifier = notifier
 	broker, err := credentials.NewBroker(credentials.BrokerOptions{
-		Store:     store,
+		Store:     s.store,
 		CacheSize: cfg.CacheSize,
 		OAuth: credentials.OAuthClient{
 			ClientID:           cfg.OAuthClientID,
 			ClientSecret:       cfg.OAuthClientSecret,
-			ClientSecretSource: live.clientSecret.Load,
+			ClientSecretSource: s.live.clientSecret.Load,
 			TokenURL:           cfg.OAuthTokenURL.String(),
 		},
 		RefreshBefore:     cfg.RefreshBefore,
 		TokenTimeout:      cfg.TokenTimeout,
 		KeepaliveInterval: cfg.KeepaliveInterval,
 		Logger:            log,
-		Metrics:           m,
-		Secrets:           secrets,
+		Metrics:           s.m,
+		Secrets:           s.secrets,
 		// The token endpoint is reached under the same outbound policy as the upstream; the
 		// broker bounds each call itself (up to twice TOKEN_TIMEOUT for the answer, with a
 		// grace for a process that resumes with the answer in its socket), so the transport's
@@ -189,22 +305,27 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		// that fired sooner would throw away an answer that arrived while the process was
 		// paused, the very case the broker's grace is for (TestPause/request_unanswered).
 		HTTPClient:    outbound.NewClient(outbound.NewTransport(outbound.Options{ResponseHeaderTimeout: 10 * cfg.TokenTimeout}), 0),
-		OnStateChange: func(c credentials.Credential, s credentials.Status) { notifier.Notify(c, events.State(s)) },
-		SweepLeader:   sweepLeader(rawStore),
+		OnStateChange: func(c credentials.Credential, st credentials.Status) { notifier.Notify(c, events.State(st)) },
+		SweepLeader:   sweepLeader(s.rawStore),
 	})
 	if err != nil {
 		return err
 	}
-	defer broker.Close()
-	live.clientSecret.OnChange(func(credentials.Secret) {
+	s.broker = broker
+	s.live.clientSecret.OnChange(func(credentials.Secret) {
 		// Companies backed off after the old secret was refused (invalid_client): try the
 		// new one now rather than at the end of each back-off, where the broker can.
 		if r, ok := any(broker).(interface{ ResetBackoff() }); ok {
 			r.ResetBackoff()
 		}
 	})
+	return nil
+}
 
-	upstreamTransport := proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)
+// buildHandlers builds the data listener's proxy and the admin listener's handler.
+func (s *instance) buildHandlers() error {
+	cfg, store, broker, notifier := s.cfg, s.store, s.broker, s.notifier
+	s.upstreamTransport = proxy.NewUpstreamTransport(cfg.UpstreamTimeout, cfg.UpstreamMaxConns)
 	handler, err := proxy.New(proxy.Options{
 		Upstream:         cfg.UpstreamURL,
 		Authorizer:       broker,
@@ -212,19 +333,20 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		CompanyHeader:    cfg.CompanyHeader,
 		TenantHeader:     cfg.TenantHeader,
 		DefaultCompanyID: cfg.DefaultCompanyID,
-		ClientTokens:     clientTokens(cfg, live.clientTokens.Load()),
+		ClientTokens:     clientTokens(cfg, s.live.clientTokens.Load()),
 		MaxReplayBytes:   cfg.MaxReplayBytes,
-		Transport:        upstreamTransport,
-		Logger:           log,
-		Metrics:          m,
-		ReconnectURL:     reconnectHook(store, links),
+		Transport:        s.upstreamTransport,
+		Logger:           s.log,
+		Metrics:          s.m,
+		ReconnectURL:     reconnectHook(store, s.links),
 	})
 	if err != nil {
 		return err
 	}
-	live.clientTokens.OnChange(func(tokens []credentials.Secret) { handler.SetClientTokens(clientTokens(cfg, tokens)) })
-	adminHandler := admin.New(admin.Options{
-		Gatherer: reg,
+	s.handler = handler
+	s.live.clientTokens.OnChange(func(tokens []credentials.Secret) { handler.SetClientTokens(clientTokens(cfg, tokens)) })
+	s.adminHandler = admin.New(admin.Options{
+		Gatherer: s.reg,
 		Checks: []admin.Check{
 			{Name: "store", Check: store.Ping},
 			{Name: "token writes", Check: func(context.Context) error {
@@ -236,15 +358,20 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		},
 		Credentials: brokerStatus{store, broker},
 		Remover: remover{store, &connect.Disconnector{Store: store, Grants: broker, Upstream: cfg.UpstreamURL,
-			Client:         outbound.NewClient(upstreamTransport, cfg.UpstreamTimeout),
+			Client:         outbound.NewClient(s.upstreamTransport, cfg.UpstreamTimeout),
 			OnDisconnected: func(c credentials.Credential) { notifier.Notify(c, events.Disconnected) }}},
-		AdminToken:  live.adminToken.Load(),
-		ConnectLink: links.mint(),
+		AdminToken:  s.live.adminToken.Load(),
+		ConnectLink: s.links.mint(),
 		EnablePprof: cfg.EnablePprof,
-		Logger:      log,
+		Logger:      s.log,
 	})
+	return nil
+}
 
-	// Bind before serving, so a busy port fails at start.
+// bindListeners binds the data, admin and (if on) connect listeners before anything serves,
+// so a busy port fails at start, and builds their servers.
+func (s *instance) bindListeners() error {
+	cfg := s.cfg
 	dataLn, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
 		return fmt.Errorf("PLEO_PROXY_LISTEN_ADDR: %w", err)
@@ -254,90 +381,91 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 		dataLn.Close()
 		return fmt.Errorf("PLEO_PROXY_ADMIN_ADDR: %w", err)
 	}
-	errLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
-	dataSrv := proxy.NewServer(handler, log)
-	adminSrv := &http.Server{Handler: adminHandler, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 60 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10, ErrorLog: errLog}
-	live.adminToken.OnChange(adminHandler.SetAdminToken)
-	connectSrv, connectLn, err := newConnectServer(cfg, live, mock, store, links, log, m, secrets, errLog, notifier)
+	errLog := slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)
+	s.dataSrv = proxy.NewServer(s.handler, s.log)
+	s.adminSrv = &http.Server{Handler: s.adminHandler, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 60 * time.Second, IdleTimeout: 60 * time.Second, MaxHeaderBytes: 16 << 10, ErrorLog: errLog}
+	s.live.adminToken.OnChange(s.adminHandler.SetAdminToken)
+	connectSrv, connectLn, err := newConnectServer(cfg, s.live, s.mock, s.store, s.links, s.log, s.m, s.secrets, errLog, s.notifier)
 	if err != nil {
 		dataLn.Close()
 		adminLn.Close()
 		return err
 	}
-	connectAddr := "off"
+	s.dataLn, s.adminLn, s.connectSrv, s.connectLn = dataLn, adminLn, connectSrv, connectLn
+	s.connectAddr = "off"
 	if connectLn != nil {
-		connectAddr = connectLn.Addr().String()
+		s.connectAddr = connectLn.Addr().String()
 	}
+	return nil
+}
 
+// start runs the background loops (refresh sweeps, secret file polls, events) and serves the
+// listeners, then logs the start (and, under --dev, prints what to try).
+func (s *instance) start(ctx context.Context) {
+	cfg := s.cfg
 	bg, stopBg := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopBg()
-	go broker.Run(bg, 0)
-	go secretWatch.Run(bg)
-	notifierDone := make(chan struct{})
-	go func() { notifier.Run(bg); close(notifierDone) }()
+	s.stopBg = stopBg
+	go s.broker.Run(bg, 0)
+	go s.secretWatch.Run(bg)
+	s.notifierDone = make(chan struct{})
+	go func() { s.notifier.Run(bg); close(s.notifierDone) }()
 
-	serveErr := make(chan error, 3)
+	s.serveErr = make(chan error, 3)
 	go func() {
-		serveErr <- dataSrv.Serve(proxy.LimitListener(dataLn, cfg.MaxClientConns, m))
+		s.serveErr <- s.dataSrv.Serve(proxy.LimitListener(s.dataLn, cfg.MaxClientConns, s.m))
 	}()
-	go func() { serveErr <- adminSrv.Serve(adminLn) }()
-	if connectSrv != nil {
-		go func() { serveErr <- connectSrv.Serve(connectLn) }()
+	go func() { s.serveErr <- s.adminSrv.Serve(s.adminLn) }()
+	if s.connectSrv != nil {
+		go func() { s.serveErr <- s.connectSrv.Serve(s.connectLn) }()
 	}
-	log.Info("pleo-auth-proxy started", "version", version, "listen", dataLn.Addr().String(),
-		"admin", adminLn.Addr().String(), "connect", connectAddr, "upstream", cfg.UpstreamURL.String(), "store", cfg.RedactedStore(), "dev", *dev,
-		"memory_limit", memoryLimitText(memLimit), "memory_limit_from", memSource, "max_client_conns", cfg.MaxClientConns)
-	if mock != nil {
-		mock.printTry(stdout, dataLn.Addr().String(), adminLn.Addr().String(), connectAddr, cfg, links)
+	s.log.Info("pleo-auth-proxy started", "version", version, "listen", s.dataLn.Addr().String(),
+		"admin", s.adminLn.Addr().String(), "connect", s.connectAddr, "upstream", cfg.UpstreamURL.String(), "store", cfg.RedactedStore(), "dev", s.dev,
+		"memory_limit", memoryLimitText(s.memLimit), "memory_limit_from", s.memSource, "max_client_conns", cfg.MaxClientConns)
+	if s.mock != nil {
+		s.mock.printTry(s.stdout, s.dataLn.Addr().String(), s.adminLn.Addr().String(), s.connectAddr, cfg, s.links)
 	}
+}
 
-	var runErr error
+// wait blocks until ctx ends (a signal: nil) or a listener fails (its error).
+func (s *instance) wait(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down", "delay", cfg.ShutdownDelay, "timeout", cfg.ShutdownTimeout)
-	case runErr = <-serveErr:
-		log.Error("listener failed", "error", runErr)
+		s.log.Info("shutting down", "delay", s.cfg.ShutdownDelay, "timeout", s.cfg.ShutdownTimeout)
+		return nil
+	case err := <-s.serveErr:
+		s.log.Error("listener failed", "error", err)
+		return err
 	}
-	// Readiness first, then keep serving for the delay, then stop accepting and drain, then
-	// give up.
-	adminHandler.SetShuttingDown()
+}
+
+// shutdown stops the sidecar after wait: readiness off first, then keep serving for the
+// shutdown delay, then stop accepting and drain, then send queued events, then give up. It
+// returns runErr unless it is http.ErrServerClosed.
+func (s *instance) shutdown(ctx context.Context, runErr error) error {
+	cfg, log := s.cfg, s.log
+	s.adminHandler.SetShuttingDown()
 	if runErr == nil && cfg.ShutdownDelay > 0 {
 		// Answers during the delay close their connection, so that callers' pools hold no
 		// idle connection that the drain would close under a request being sent.
-		dataSrv.SetKeepAlivesEnabled(false)
-		if connectSrv != nil {
-			connectSrv.SetKeepAlivesEnabled(false)
+		s.dataSrv.SetKeepAlivesEnabled(false)
+		if s.connectSrv != nil {
+			s.connectSrv.SetKeepAlivesEnabled(false)
 		}
-		runErr = shutdownDelay(cfg.ShutdownDelay, laterSignals(ctx), serveErr, log)
+		runErr = shutdownDelay(cfg.ShutdownDelay, laterSignals(ctx), s.serveErr, log)
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
-	// The connect listener drains beside the data listener: a callback in flight finishes
-	// its store write before the store closes.
-	var draining sync.WaitGroup
-	if connectSrv != nil {
-		draining.Go(func() {
-			if err := connectSrv.Shutdown(sctx); err != nil {
-				log.Warn("graceful shutdown of the connect listener timed out; closing connections", "error", err)
-				_ = connectSrv.Close()
-			}
-		})
-	}
-	if err := dataSrv.Shutdown(sctx); err != nil {
-		log.Warn("graceful shutdown timed out; closing connections", "error", err)
-		_ = dataSrv.Close()
-	}
-	draining.Wait()
-	stopBg()
-	<-notifierDone
+	s.drain(sctx)
+	s.stopBg()
+	<-s.notifierDone
 	// Send what is still queued (a state change just before the signal), briefly.
 	fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
-	if err := notifier.Flush(fctx); err != nil {
+	if err := s.notifier.Flush(fctx); err != nil {
 		log.Warn("exiting with events not delivered", "error", err)
 	}
 	fcancel()
-	_ = adminSrv.Shutdown(sctx)
-	if n := broker.PendingWrites(); n > 0 {
+	_ = s.adminSrv.Shutdown(sctx)
+	if n := s.broker.PendingWrites(); n > 0 {
 		log.Error("exiting with rotated refresh tokens not persisted", "count", n)
 	}
 	if runErr != nil && !errors.Is(runErr, http.ErrServerClosed) {
@@ -345,6 +473,26 @@ func serve(ctx context.Context, args, environ []string, stdout, stderr io.Writer
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// drain stops the data and connect listeners accepting and waits, until sctx ends, for their
+// requests in flight; then it closes what is left. The connect listener drains beside the
+// data listener: a callback in flight finishes its store write before the store closes.
+func (s *instance) drain(sctx context.Context) {
+	var draining sync.WaitGroup
+	if s.connectSrv != nil {
+		draining.Go(func() {
+			if err := s.connectSrv.Shutdown(sctx); err != nil {
+				s.log.Warn("graceful shutdown of the connect listener timed out; closing connections", "error", err)
+				_ = s.connectSrv.Close()
+			}
+		})
+	}
+	if err := s.dataSrv.Shutdown(sctx); err != nil {
+		s.log.Warn("graceful shutdown timed out; closing connections", "error", err)
+		_ = s.dataSrv.Close()
+	}
+	draining.Wait()
 }
 
 // shutdownDelay keeps the listeners serving for delay after the first SIGTERM, readiness

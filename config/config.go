@@ -347,49 +347,55 @@ func Parse(environ map[string]string) (*Config, error) {
 	}
 	p := &parser{env: environ}
 	p.unknown()
+	p.rejectSetButEmpty()
 	c := &Config{}
+	p.upstreamAndOAuth(c, &r)
+	p.listeners(c, &r)
+	p.storeAndEncryption(c, &r)
+	p.consentFlow(c, &r)
+	p.limitsAndTimeouts(c, &r)
+	p.accessTokens(c, &r)
+	p.events(c, &r)
+	p.logging(c, &r)
+	p.acrossVariables(c)
+	return p.result(c)
+}
 
-	// caarlos0/env replaces a set-but-empty value with its default: for these that would
-	// silently send traffic or credentials somewhere the operator did not choose.
+// rejectSetButEmpty refuses the variables whose set-but-empty value caarlos0/env would
+// replace with the default: for these that would silently send traffic or credentials
+// somewhere the operator did not choose.
+func (p *parser) rejectSetButEmpty() {
 	for _, name := range []string{"ENVIRONMENT", "UPSTREAM_URL", "LISTEN_ADDR", "ADMIN_ADDR", "STORE",
 		"OAUTH_TOKEN_URL", "OAUTH_AUTHORIZE_URL", "COMPANY_HEADER", "TENANT_HEADER"} {
 		if p.setButEmpty(name) {
 			p.add(name, nil, "is set but empty; unset it to use the default")
 		}
 	}
+}
 
+// upstreamAndOAuth reads the Pleo environment, the upstream URL and the OAuth client: its
+// id and secret, its endpoints (defaulting to the environment's) and the scopes to ask for.
+func (p *parser) upstreamAndOAuth(c *Config, r *raw) {
 	c.Environment = strings.ToLower(r.Environment)
 	defaults, ok := defaultEndpoints[c.Environment]
 	if !ok {
 		p.add("ENVIRONMENT", nil, "%q is not %s or %s", r.Environment, Production, Staging)
 	}
 	c.UpstreamURL = p.url("UPSTREAM_URL", r.UpstreamURL, defaults.upstream, false)
-	c.ListenAddr = p.hostPort("LISTEN_ADDR", r.ListenAddr)
-	c.AdminAddr = p.hostPort("ADMIN_ADDR", r.AdminAddr)
-	c.Store = p.store("STORE", r.Store)
-	c.EncryptionKeys = p.encryptionKeys("ENCRYPTION_KEY")
 	c.OAuthClientSecretFile = r.OAuthClientSecretFile
-	c.AdminTokenFile = r.AdminTokenFile
-	c.ClientTokensFile = r.ClientTokensFile
-	c.EncryptionKeyFile = r.EncryptionKeyFile
-	c.ConnectKeyFile = r.ConnectKeyFile
 	c.OAuthClientID = r.OAuthClientID
 	c.OAuthClientSecret = credentials.Secret(p.secret("OAUTH_CLIENT_SECRET"))
 	c.OAuthTokenURL = p.url("OAUTH_TOKEN_URL", r.OAuthTokenURL, defaults.token, false)
 	c.OAuthAuthorizeURL = p.url("OAUTH_AUTHORIZE_URL", r.OAuthAuthorizeURL, defaults.authorize, false)
 	c.OAuthScopes = p.scopes("OAUTH_SCOPES", r.OAuthScopes)
 	c.OAuthRedirectURL = p.url("OAUTH_REDIRECT_URL", r.OAuthRedirectURL, "", true)
-	c.ConnectSuccessURL = p.url("CONNECT_SUCCESS_URL", r.ConnectSuccessURL, "", true)
-	if r.ConnectAddr != "" {
-		c.ConnectAddr = p.hostPort("CONNECT_ADDR", r.ConnectAddr)
-	}
-	c.ConnectKeys = p.connectKeys("CONNECT_KEY")
-	if b, err := strconv.ParseBool(r.ConnectUnsignedLinks); err == nil {
-		c.ConnectUnsignedLinks = b
-	} else {
-		p.add("CONNECT_UNSIGNED_LINKS", nil, "%q is not true or false", r.ConnectUnsignedLinks)
-	}
-	c.KeepaliveInterval = p.duration("KEEPALIVE_INTERVAL", r.KeepaliveInterval, false)
+}
+
+// listeners reads the data and admin listeners' addresses and how the data listener picks
+// the company of a request: its headers and the default company.
+func (p *parser) listeners(c *Config, r *raw) {
+	c.ListenAddr = p.hostPort("LISTEN_ADDR", r.ListenAddr)
+	c.AdminAddr = p.hostPort("ADMIN_ADDR", r.AdminAddr)
 	c.CompanyHeader = p.header("COMPANY_HEADER", r.CompanyHeader)
 	c.TenantHeader = p.header("TENANT_HEADER", r.TenantHeader)
 	if c.CompanyHeader != "" && c.CompanyHeader == c.TenantHeader {
@@ -402,6 +408,41 @@ func Parse(environ map[string]string) (*Config, error) {
 			p.add("DEFAULT_COMPANY_ID", nil, "%q is not a company id (a UUID such as 5a1c3b2e-0d4f-4e6a-9b8c-7d6e5f4a3b2c)", r.DefaultCompanyID)
 		}
 	}
+}
+
+// storeAndEncryption reads the credential store's URL, its encryption keys and how often
+// the store is polled for changes made by others.
+func (p *parser) storeAndEncryption(c *Config, r *raw) {
+	c.Store = p.store("STORE", r.Store)
+	c.EncryptionKeys = p.encryptionKeys("ENCRYPTION_KEY")
+	c.EncryptionKeyFile = r.EncryptionKeyFile
+	c.StorePollInterval = p.duration("STORE_POLL_INTERVAL", r.StorePollInterval, false)
+	if c.StorePollInterval > MaxStorePollInterval {
+		p.add("STORE_POLL_INTERVAL", nil, "%q is more than %s (changes by others must be picked up within %s)",
+			r.StorePollInterval, MaxStorePollInterval, MaxStorePollInterval)
+	}
+}
+
+// consentFlow reads the connect listener (the consent flow; off when unset), its success
+// page and the keys that sign connect links.
+func (p *parser) consentFlow(c *Config, r *raw) {
+	c.ConnectSuccessURL = p.url("CONNECT_SUCCESS_URL", r.ConnectSuccessURL, "", true)
+	if r.ConnectAddr != "" {
+		c.ConnectAddr = p.hostPort("CONNECT_ADDR", r.ConnectAddr)
+	}
+	c.ConnectKeyFile = r.ConnectKeyFile
+	c.ConnectKeys = p.connectKeys("CONNECT_KEY")
+	if b, err := strconv.ParseBool(r.ConnectUnsignedLinks); err == nil {
+		c.ConnectUnsignedLinks = b
+	} else {
+		p.add("CONNECT_UNSIGNED_LINKS", nil, "%q is not true or false", r.ConnectUnsignedLinks)
+	}
+}
+
+// limitsAndTimeouts reads the refresh timing, the bounds on bodies, connections, the cache
+// and memory, and the timeouts of calls and of shutdown.
+func (p *parser) limitsAndTimeouts(c *Config, r *raw) {
+	c.KeepaliveInterval = p.duration("KEEPALIVE_INTERVAL", r.KeepaliveInterval, false)
 	c.RefreshBefore = p.duration("REFRESH_BEFORE", r.RefreshBefore, true)
 	c.MaxReplayBytes = p.integer("MAX_REPLAY_BYTES", r.MaxReplayBytes, 0)
 	c.UpstreamTimeout = p.duration("UPSTREAM_TIMEOUT", r.UpstreamTimeout, false)
@@ -409,17 +450,36 @@ func Parse(environ map[string]string) (*Config, error) {
 	c.MaxClientConns = int(p.integer("MAX_CLIENT_CONNS", r.MaxClientConns, 1))
 	c.CacheSize = int(p.integer("CACHE_SIZE", r.CacheSize, 1))
 	c.MemoryLimit = p.memoryLimit("MEMORY_LIMIT", r.MemoryLimit)
+	c.TokenTimeout = p.duration("TOKEN_TIMEOUT", r.TokenTimeout, false)
+	c.ShutdownTimeout = p.duration("SHUTDOWN_TIMEOUT", r.ShutdownTimeout, false)
+	c.ShutdownDelay = p.duration("SHUTDOWN_DELAY", r.ShutdownDelay, true)
+}
+
+// accessTokens reads the secrets that callers present: the admin token and the data
+// listener's client tokens (each inline or from a file).
+func (p *parser) accessTokens(c *Config, r *raw) {
+	c.AdminTokenFile = r.AdminTokenFile
 	c.AdminToken = credentials.Secret(p.secret("ADMIN_TOKEN"))
 	if !c.AdminToken.IsZero() && !isVisibleASCII(c.AdminToken.Reveal()) {
 		p.add("ADMIN_TOKEN", nil, "contains a space or a character that cannot appear in an HTTP header")
 	}
+	c.ClientTokensFile = r.ClientTokensFile
 	c.ClientTokens = p.clientTokens("CLIENT_TOKENS")
+}
+
+// events reads where credential events are sent (off when unset) and the key that signs
+// them, required with the URL.
+func (p *parser) events(c *Config, r *raw) {
 	c.EventsURL = p.url("EVENTS_URL", r.EventsURL, "", false)
 	c.EventsKey = credentials.Secret(p.secret("EVENTS_KEY"))
 	if r.EventsURL != "" && len(c.EventsKey.Reveal()) < minEventsKeyBytes {
 		p.add("EVENTS_KEY", nil, "must be set (or %sEVENTS_KEY_FILE) to a key of at least %d bytes when %sEVENTS_URL is set: it signs the events",
 			Prefix, minEventsKeyBytes, Prefix)
 	}
+}
+
+// logging reads the log format and level, and whether the admin listener serves pprof.
+func (p *parser) logging(c *Config, r *raw) {
 	switch f := strings.ToLower(r.LogFormat); f {
 	case LogFormatText, LogFormatJSON:
 		c.LogFormat = f
@@ -427,21 +487,16 @@ func Parse(environ map[string]string) (*Config, error) {
 		p.add("LOG_FORMAT", nil, "%q is not %s or %s", r.LogFormat, LogFormatText, LogFormatJSON)
 	}
 	c.LogLevel = p.logLevel("LOG_LEVEL", r.LogLevel)
-	c.TokenTimeout = p.duration("TOKEN_TIMEOUT", r.TokenTimeout, false)
-	c.ShutdownTimeout = p.duration("SHUTDOWN_TIMEOUT", r.ShutdownTimeout, false)
-	c.ShutdownDelay = p.duration("SHUTDOWN_DELAY", r.ShutdownDelay, true)
-	c.StorePollInterval = p.duration("STORE_POLL_INTERVAL", r.StorePollInterval, false)
-	if c.StorePollInterval > MaxStorePollInterval {
-		p.add("STORE_POLL_INTERVAL", nil, "%q is more than %s (changes by others must be picked up within %s)",
-			r.StorePollInterval, MaxStorePollInterval, MaxStorePollInterval)
-	}
 	if b, err := strconv.ParseBool(r.EnablePprof); err == nil {
 		c.EnablePprof = b
 	} else {
 		p.add("ENABLE_PPROF", nil, "%q is not true or false", r.EnablePprof)
 	}
+}
 
-	// Rules across variables.
+// acrossVariables applies the rules that join variables of different sections, once every
+// section is read: a variable that already has a problem is not blamed again.
+func (p *parser) acrossVariables(c *Config) {
 	if c.ConnectAddr != "" {
 		for name, missing := range map[string]bool{
 			"OAUTH_CLIENT_ID":     c.OAuthClientID == "",
@@ -469,9 +524,13 @@ func Parse(environ map[string]string) (*Config, error) {
 		p.add("CLIENT_TOKENS", nil, "at least one client token is required because %sLISTEN_ADDR %q is not a loopback address",
 			Prefix, c.ListenAddr)
 	}
+}
 
+// result returns c, or, if any section found a problem, every problem in the order of the
+// contract's table (each variable's own in the order found).
+func (p *parser) result(c *Config) (*Config, error) {
 	if len(p.errs) > 0 {
-		// Map iteration above is unordered: keep each variable's problems in table order.
+		// Map iteration is unordered: keep each variable's problems in table order.
 		rank := knownVariables()
 		slices.SortStableFunc(p.errs, func(a, b Problem) int { return rank[a.Variable] - rank[b.Variable] })
 		errs := p.errs
