@@ -751,10 +751,23 @@ func (p *parser) secret(name string) string {
 
 // encryptionKeys reads the comma- (or, in the file, newline-) separated base64 keys.
 func (p *parser) encryptionKeys(name string) [][]byte {
+	// A forgotten secret must not silently turn encryption off.
+	return p.keyList(name, "unset it to store credentials unencrypted", func(k []byte) string {
+		if len(k) != EncryptionKeySize {
+			return fmt.Sprintf("decodes to %d bytes, want %d", len(k), EncryptionKeySize)
+		}
+		return ""
+	})
+}
+
+// keyList reads a list of standard base64 keys from name or name_FILE (separated by commas or
+// newlines, newest first), each checked by bad (which says what is wrong, or ""). A variable
+// set but empty is an error whose remedy is ifEmpty; so is one holding no key, or any bad key:
+// then no key is returned.
+func (p *parser) keyList(name, ifEmpty string, bad func([]byte) string) [][]byte {
 	for _, n := range []string{name, name + "_FILE"} {
 		if p.setButEmpty(n) {
-			// A forgotten secret must not silently turn encryption off.
-			p.add(n, nil, "is set but empty; unset it to store credentials unencrypted")
+			p.add(n, nil, "is set but empty; %s", ifEmpty)
 			return nil
 		}
 	}
@@ -765,7 +778,7 @@ func (p *parser) encryptionKeys(name string) [][]byte {
 	}
 	if text == "" {
 		if p.env[Prefix+blame] != "" && !p.hasProblem(name) {
-			p.add(blame, nil, "holds no key") // white space only: encryption must not silently be off
+			p.add(blame, nil, "holds no key") // white space only: not silently no key
 		}
 		return nil
 	}
@@ -785,8 +798,8 @@ func (p *parser) encryptionKeys(name string) [][]byte {
 			p.add(blame, nil, "%s is not standard base64 (make one with: openssl rand -base64 32)", which)
 			continue
 		}
-		if len(k) != EncryptionKeySize {
-			p.add(blame, nil, "%s decodes to %d bytes, want %d (make one with: openssl rand -base64 32)", which, len(k), EncryptionKeySize)
+		if msg := bad(k); msg != "" {
+			p.add(blame, nil, "%s %s (make one with: openssl rand -base64 32)", which, msg)
 			continue
 		}
 		keys = append(keys, k)
