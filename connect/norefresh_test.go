@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/oauth2"
 )
@@ -22,12 +23,14 @@ func TestCallbackWithoutRefreshToken(t *testing.T) {
 		dropped struct{ access, refresh string }
 	)
 	var e *env
+	direct := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second} // no proxy from the environment
+	t.Cleanup(direct.CloseIdleConnections)
 	// In front of the real token endpoint: passes its answer on without the refresh token.
 	strip := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		req, _ := http.NewRequestWithContext(r.Context(), r.Method, e.as.TokenURL(), bytes.NewReader(body))
 		req.Header = r.Header.Clone()
-		resp, err := http.DefaultTransport.RoundTrip(req)
+		resp, err := direct.Transport.RoundTrip(req)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadGateway)
 			return
@@ -72,7 +75,7 @@ func TestCallbackWithoutRefreshToken(t *testing.T) {
 	}
 	req, _ := http.NewRequest(http.MethodGet, e.as.URL()+"/v1/export-jobs", nil)
 	req.Header.Set("Authorization", "Bearer "+access)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := direct.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
