@@ -312,13 +312,9 @@ func (s *instance) buildBroker() error {
 		return err
 	}
 	s.broker = broker
-	s.live.clientSecret.OnChange(func(credentials.Secret) {
-		// Companies backed off after the old secret was refused (invalid_client): try the
-		// new one now rather than at the end of each back-off, where the broker can.
-		if r, ok := any(broker).(interface{ ResetBackoff() }); ok {
-			r.ResetBackoff()
-		}
-	})
+	// Companies backed off after the old secret was refused (invalid_client) try the new one
+	// now rather than at the end of each back-off.
+	s.live.clientSecret.OnChange(func(credentials.Secret) { broker.ResetBackoff() })
 	return nil
 }
 
