@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -61,24 +60,7 @@ func applyCreate(m credentialSet, c Credential) (Credential, error) {
 
 // Create adds c unless its company is stored (ErrExists).
 func (s *MemoryStore) Create(ctx context.Context, c Credential) (Credential, error) {
-	if err := ctx.Err(); err != nil {
-		return Credential{}, fmt.Errorf("credentials: create: %w", err)
-	}
-	c, err := prepareOne(c)
-	if err != nil {
-		return Credential{}, err
-	}
-	s.mu.Lock()
-	next := maps.Clone(s.snap.byCompany)
-	created, err := applyCreate(mapSet(next), c)
-	if err != nil {
-		s.mu.Unlock()
-		return Credential{}, err
-	}
-	changed := s.swapLocked(next)
-	s.mu.Unlock()
-	s.subs.notify(changed)
-	return created, nil
+	return s.writeOne(ctx, "create", c, applyCreate)
 }
 
 // Create adds c, under the file lock and against the file as it is on disk, unless its

@@ -70,8 +70,14 @@ func (s *MemoryStore) PutAll(ctx context.Context, creds []Credential, replaceAll
 // Update replaces the stored credential if its version equals c.Version, and returns it with
 // the next version; otherwise it returns ErrConflict or ErrNotFound.
 func (s *MemoryStore) Update(ctx context.Context, c Credential) (Credential, error) {
+	return s.writeOne(ctx, "update", c, applyUpdate)
+}
+
+// writeOne applies one credential's mutation (applyUpdate, applyCreate) to a copy of the
+// snapshot, swaps it in and notifies subscribers.
+func (s *MemoryStore) writeOne(ctx context.Context, op string, c Credential, apply func(credentialSet, Credential) (Credential, error)) (Credential, error) {
 	if err := ctx.Err(); err != nil {
-		return Credential{}, fmt.Errorf("credentials: update: %w", err)
+		return Credential{}, fmt.Errorf("credentials: %s: %w", op, err)
 	}
 	c, err := prepareOne(c)
 	if err != nil {
@@ -79,7 +85,7 @@ func (s *MemoryStore) Update(ctx context.Context, c Credential) (Credential, err
 	}
 	s.mu.Lock()
 	next := maps.Clone(s.snap.byCompany)
-	updated, err := applyUpdate(mapSet(next), c)
+	written, err := apply(mapSet(next), c)
 	if err != nil {
 		s.mu.Unlock()
 		return Credential{}, err
@@ -87,7 +93,7 @@ func (s *MemoryStore) Update(ctx context.Context, c Credential) (Credential, err
 	changed := s.swapLocked(next)
 	s.mu.Unlock()
 	s.subs.notify(changed)
-	return updated, nil
+	return written, nil
 }
 
 // Delete removes the company's credential, or returns ErrNotFound.
