@@ -34,15 +34,21 @@ type LookupError struct {
 }
 
 func (e *LookupError) Error() string {
-	msg := "connect: " + InstallationPath
-	if e.Status != 0 {
-		msg += fmt.Sprintf(" answered %d", e.Status)
+	return installationError("", e.Status, e.Reason, e.Err)
+}
+
+// installationError is the text of a failed call to InstallationPath: "connect: [method ]path
+// [answered status][: reason][: err]", never with a secret.
+func installationError(method string, status int, reason string, err error) string {
+	msg := "connect: " + method + InstallationPath
+	if status != 0 {
+		msg += fmt.Sprintf(" answered %d", status)
 	}
-	if e.Reason != "" {
-		msg += ": " + e.Reason
+	if reason != "" {
+		msg += ": " + reason
 	}
-	if e.Err != nil {
-		msg += ": " + e.Err.Error()
+	if err != nil {
+		msg += ": " + err.Error()
 	}
 	return msg
 }

@@ -28,17 +28,7 @@ type RevokeError struct {
 }
 
 func (e *RevokeError) Error() string {
-	msg := "connect: DELETE " + InstallationPath
-	if e.Status != 0 {
-		msg += fmt.Sprintf(" answered %d", e.Status)
-	}
-	if e.Reason != "" {
-		msg += ": " + e.Reason
-	}
-	if e.Err != nil {
-		msg += ": " + e.Err.Error()
-	}
-	return msg
+	return installationError("DELETE ", e.Status, e.Reason, e.Err)
 }
 
 func (e *RevokeError) Unwrap() error { return e.Err }
