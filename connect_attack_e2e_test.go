@@ -88,7 +88,7 @@ func adminLink(t *testing.T, admin, body string) (int, map[string]any) {
 	req, _ := http.NewRequest(http.MethodPost, "http://"+admin+"/connect-links", strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer attack-admin-token")
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := faultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -85,7 +85,7 @@ func TestDevLogsRefreshes(t *testing.T) {
 		case <-tick.C:
 			req, _ := http.NewRequest(http.MethodGet, "http://"+listen+"/v1/export-jobs", nil)
 			req.Header.Set("X-Pleo-Company-Id", devOAuthCompany)
-			resp, err := http.DefaultClient.Do(req)
+			resp, err := faultClient.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}

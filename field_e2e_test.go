@@ -5,7 +5,6 @@ package main
 // limit.
 
 import (
-	"bufio"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/credentials"
 	"github.com/pleo-auth-proxy/pleo-auth-proxy/internal/oauthtest"
+	"github.com/pleo-auth-proxy/pleo-auth-proxy/internal/testenv"
 )
 
 const fieldAdminToken = "field-admin-token-0123456789"
@@ -80,29 +80,6 @@ func fieldState(t *testing.T, s *sidecar, company string) (string, string) {
 	return "", ""
 }
 
-// fieldMetric returns the value of the series whose exposition line starts with prefix (the
-// name and its labels as Prometheus writes them), -1 when absent.
-func fieldMetric(t *testing.T, s *sidecar, prefix string) float64 {
-	t.Helper()
-	resp, err := faultClient.Get("http://" + s.admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), prefix+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return f
-		}
-	}
-	return -1
-}
-
 // 1,000 requests to a path the upstream always answers 401 cost at most a couple of token
 // calls: after the token a 401-triggered refresh obtained is rejected too, 401s are passed
 // back unchanged without a refresh, the credential reports unauthorized, and the skipped
@@ -144,17 +121,13 @@ func TestFieldE2EUnauthorizedCooldown(t *testing.T) {
 		t.Fatalf("/credentials: state %q, last_error %q; want unauthorized", st, lastErr)
 	}
 	// All but the requests in flight (8 at a time) before the cool-down started.
-	if v := fieldMetric(t, s, `pleo_proxy_token_refreshes_skipped_total{reason="unauthorized_cooldown"}`); v < 950 {
+	if v := metricValue(t, s, `pleo_proxy_token_refreshes_skipped_total{reason="unauthorized_cooldown"}`); v < 950 {
 		t.Fatalf("pleo_proxy_token_refreshes_skipped_total{reason=unauthorized_cooldown} = %v, want at least 950", v)
 	}
 	// The gauge is published by the background sweep (every 10 s with the defaults).
-	deadline := time.Now().Add(20 * time.Second)
-	for fieldMetric(t, s, `pleo_proxy_credentials{state="unauthorized",type="oauth2"}`) != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal(`pleo_proxy_credentials{state="unauthorized",type="oauth2"} never became 1`)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testenv.WaitFor(t, `pleo_proxy_credentials{state="unauthorized",type="oauth2"} to become 1`, 20*time.Second, func() bool {
+		return metricValue(t, s, `pleo_proxy_credentials{state="unauthorized",type="oauth2"}`) == 1
+	})
 
 	resp, body := fieldGet(t, s, company, "/v1/export-jobs")
 	var echo oauthtest.Echo
@@ -203,7 +176,7 @@ func TestFieldE2ETokenEndpointRetryAfter(t *testing.T) {
 	if calls := srv.Stats().TokenCalls - before.TokenCalls; calls != 1 {
 		t.Fatalf("%d token calls during a 120 s Retry-After, want 1", calls)
 	}
-	if v := fieldMetric(t, s, `pleo_proxy_token_refreshes_skipped_total{reason="backoff"}`); v < 19 {
+	if v := metricValue(t, s, `pleo_proxy_token_refreshes_skipped_total{reason="backoff"}`); v < 19 {
 		t.Fatalf(`pleo_proxy_token_refreshes_skipped_total{reason="backoff"} = %v, want at least 19`, v)
 	}
 }

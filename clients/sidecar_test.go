@@ -167,7 +167,8 @@ func (s *sidecar) accessLog(id string) []map[string]any {
 // healthy fails the test unless the sidecar answers /healthz and proxies a request.
 func (s *sidecar) healthy(t *testing.T) {
 	t.Helper()
-	resp, err := http.Get("http://" + s.admin + "/healthz")
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get("http://" + s.admin + "/healthz")
 	if err != nil {
 		t.Fatalf("sidecar /healthz: %v", err)
 	}
@@ -177,7 +178,7 @@ func (s *sidecar) healthy(t *testing.T) {
 	}
 	req, _ := http.NewRequest("GET", s.url("/v1/health-probe"), nil)
 	req.Header.Set("X-Case", "health/"+t.Name())
-	resp, err = http.DefaultClient.Do(req)
+	resp, err = client.Do(req)
 	if err != nil {
 		t.Fatalf("sidecar proxying: %v", err)
 	}
